@@ -1,0 +1,269 @@
+//! Configuration: the serde tree, layered loading (embedded defaults → `--config FILE` →
+//! `MOONWIRE__SECTION__KEY` environment variables) and validation into [`ConfigError`].
+
+mod units;
+
+pub use units::{ByteSize, parse_size};
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The embedded defaults, printed by `moonwire check-config --print-defaults`.
+pub const DEFAULTS: &str = include_str!("default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(#[from] config::ConfigError),
+    #[error("invalid config key `{key}`: {reason}")]
+    Key { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub tls: TlsConfig,
+    pub ws: WsConfig,
+    pub http: HttpConfig,
+    pub limits: LimitsConfig,
+    pub router: RouterConfig,
+    pub storage: StorageConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    pub cert: String,
+    pub key: String,
+    pub client_ca: String,
+    pub require_client_cert: bool,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl TlsConfig {
+    /// The TLS listener runs only when a certificate and key are configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty() && !self.key.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_packet_size: ByteSize,
+    pub max_connections: usize,
+    pub max_topic_length: usize,
+    pub max_topic_levels: usize,
+    pub max_subscriptions: usize,
+    pub receive_maximum: u16,
+    /// Payload budget per topic filter; the most specific matching filter wins.
+    #[serde(default)]
+    pub topic_payload: std::collections::BTreeMap<String, ByteSize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    pub max_segment_size: ByteSize,
+    pub max_segment_count: usize,
+    pub max_outgoing_packet_count: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment, so tests need not mutate the process.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            // Read the file ourselves so a missing file is an error that names the path.
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                source: config::ConfigError::Message(e.to_string()),
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("MOONWIRE__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("MOONWIRE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let cfg: Config = builder.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The embedded defaults alone.
+    pub fn defaults() -> Result<Config, ConfigError> {
+        Self::load_with_env(None, std::iter::empty())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, reason: &str| {
+            Err(ConfigError::Key {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        let max_packet = self.limits.max_packet_size.0;
+        if !(64..=268_435_455).contains(&max_packet) {
+            return bad(
+                "limits.max_packet_size",
+                "must be between 64 bytes and 256MiB (the MQTT maximum)",
+            );
+        }
+        if self.limits.max_connections == 0 {
+            return bad("limits.max_connections", "must be at least 1");
+        }
+        if self.limits.receive_maximum == 0 {
+            return bad("limits.receive_maximum", "must be at least 1");
+        }
+        if self.limits.max_topic_length == 0 || self.limits.max_topic_length > 65535 {
+            return bad("limits.max_topic_length", "must be between 1 and 65535");
+        }
+        if self.router.max_segment_size.0 < 1024 {
+            return bad("router.max_segment_size", "must be at least 1KiB");
+        }
+        if self.router.max_segment_count == 0 {
+            return bad("router.max_segment_count", "must be at least 1");
+        }
+        if self.mqtt.connect_timeout.is_zero() {
+            return bad("mqtt.connect_timeout", "must be greater than zero");
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            return bad("tls.cert", "tls.cert and tls.key must be set together");
+        }
+        if self.tls.require_client_cert && self.tls.client_ca.is_empty() {
+            return bad("tls.require_client_cert", "needs tls.client_ca");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_listen_on_loopback() {
+        let cfg = Config::defaults().unwrap();
+        assert!(cfg.mqtt.listen.ip().is_loopback());
+        assert!(cfg.ws.listen.ip().is_loopback());
+        assert!(cfg.http.listen.ip().is_loopback());
+        assert!(!cfg.tls.enabled());
+        assert_eq!(cfg.limits.max_packet_size.0, 1 << 20);
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(&file, "[mqtt]\nlisten = \"127.0.0.1:1999\"\n[limits]\nmax_packet_size = \"2MiB\"\n").unwrap();
+        let cfg = Config::load_with_env(
+            Some(&file),
+            env(&[("MOONWIRE__MQTT__LISTEN", "0.0.0.0:2883")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.mqtt.listen.port(), 2883);
+        assert_eq!(cfg.limits.max_packet_size.0, 2 << 20);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(&file, "[mqtt]\nlisten_on = \"127.0.0.1:1999\"\n").unwrap();
+        let err = Config::load_with_env(Some(&file), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::load_with_env(None, env(&[("MOONWIRE__LIMITS__MAX_PACKET_SIZE", "10")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("limits.max_packet_size"), "{err}");
+        let err = Config::load_with_env(None, env(&[("MOONWIRE__MQTT__LISTEN", "nowhere")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = Config::load_with_env(None, env(&[("MOONWIRE__TLS__CERT", "a.pem")])).unwrap_err();
+        assert!(err.to_string().contains("tls.cert"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = Config::load_with_env(Some(Path::new("/nonexistent/m.toml")), env(&[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/m.toml"), "{err}");
+    }
+}

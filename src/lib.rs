@@ -1,0 +1,20 @@
+//! moonwire: an MQTT 3.1.1/5.0 broker for home-automation and security devices.
+//!
+//! Module map (a PUBLISH flows top to bottom):
+//! - [`config`]: layered configuration (defaults → file → environment) and validation.
+//! - [`app`]: wiring; [`app::App::start`] returns the bound addresses and a shutdown handle.
+//! - [`edge`]: TCP, TLS and WebSocket listeners with connection limits.
+//! - [`mqtt`]: sessions — codec, CONNECT, keep alive, wills, takeover, acks.
+//! - [`pipeline`]: the ordered stages every publish passes before routing, and after-publish taps.
+//! - [`router`]: the only module that uses `rumqttd` (routing, subscriptions, retained, sessions).
+//! - [`http`]: `/healthz` and `/metrics`.
+//! - [`metrics`]: counters and their Prometheus rendering.
+
+pub mod app;
+pub mod config;
+pub mod edge;
+pub mod http;
+pub mod metrics;
+pub mod mqtt;
+pub mod pipeline;
+pub mod router;

@@ -1,0 +1,232 @@
+//! Bytes ↔ packets for one connection: framing with our own size checks, protocol level
+//! detection from CONNECT, and rumqttd's v4/v5 codecs for the packet bodies.
+
+use crate::router::protocol::{self, Packet, Protocol, QoS, V4, V5};
+use bytes::BytesMut;
+use std::panic::AssertUnwindSafe;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("packet of {size} bytes exceeds the maximum packet size {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("unsupported protocol level {0}")]
+    UnsupportedVersion(u8),
+    #[error("AUTH packets are not supported (no authentication method is configured)")]
+    Auth,
+}
+
+/// MQTT protocol version of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V311,
+    V5,
+}
+
+/// One decoded packet, with the QoS and packet id of a PUBLISH (which rumqttd keeps private).
+pub struct Frame {
+    pub packet: Packet,
+    pub publish_meta: Option<(QoS, u16)>,
+    /// Bytes the packet took on the wire.
+    pub wire_len: usize,
+}
+
+/// Decodes the fixed header: (packet type byte, header length, remaining length).
+/// `Ok(None)` means more bytes are needed.
+fn fixed_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, CodecError> {
+    let Some(&byte1) = buf.first() else {
+        return Ok(None);
+    };
+    let mut len = 0usize;
+    for i in 0..4 {
+        let Some(&b) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        len |= ((b & 0x7F) as usize) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((byte1, 2 + i, len)));
+        }
+    }
+    Err(CodecError::Malformed("remaining length longer than 4 bytes".into()))
+}
+
+/// Reads the protocol level of a CONNECT at the start of `buf`, once enough bytes arrived.
+pub fn detect_version(buf: &[u8], max: usize) -> Result<Option<Version>, CodecError> {
+    let Some((byte1, hlen, rlen)) = fixed_header(buf)? else {
+        return Ok(None);
+    };
+    if byte1 != 0x10 {
+        return Err(CodecError::Protocol("first packet must be CONNECT"));
+    }
+    if rlen > max {
+        return Err(CodecError::TooLarge { size: rlen, max });
+    }
+    let body = &buf[hlen..];
+    if body.len() < 2 {
+        return Ok(None);
+    }
+    let name_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let Some(&level) = body.get(2 + name_len) else {
+        return Ok(if rlen < 3 + name_len {
+            Err(CodecError::Malformed("CONNECT too short".into()))?
+        } else {
+            None
+        });
+    };
+    let name = &body[2..2 + name_len];
+    match (name, level) {
+        (b"MQTT", 4) => Ok(Some(Version::V311)),
+        (b"MQTT", 5) => Ok(Some(Version::V5)),
+        (b"MQTT", l) | (b"MQIsdp", l) => Err(CodecError::UnsupportedVersion(l)),
+        _ => Err(CodecError::Malformed("unknown protocol name".into())),
+    }
+}
+
+/// A connection's codec.
+pub struct Codec {
+    pub version: Version,
+    /// Largest remaining length we accept.
+    pub max_incoming: usize,
+}
+
+impl Codec {
+    pub fn new(version: Version, max_incoming: usize) -> Self {
+        Codec {
+            version,
+            max_incoming,
+        }
+    }
+
+    /// Takes the next complete packet off the front of `buf`, or `Ok(None)` if incomplete.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let Some((byte1, hlen, rlen)) = fixed_header(buf)? else {
+            return Ok(None);
+        };
+        if rlen > self.max_incoming {
+            return Err(CodecError::TooLarge {
+                size: rlen,
+                max: self.max_incoming,
+            });
+        }
+        let kind = byte1 >> 4;
+        let flags = byte1 & 0x0F;
+        match kind {
+            0 => return Err(CodecError::Malformed("packet type 0 is reserved".into())),
+            15 if self.version == Version::V5 => return Err(CodecError::Auth),
+            15 => return Err(CodecError::Malformed("packet type 15 is reserved".into())),
+            // SUBSCRIBE, UNSUBSCRIBE and PUBREL must carry flags 0010 [MQTT-2.2.2-1].
+            6 | 8 | 10 if flags != 0b0010 => {
+                return Err(CodecError::Malformed("reserved flags must be 0010".into()));
+            }
+            3 if (flags >> 1) & 0b11 == 3 => {
+                return Err(CodecError::Malformed("PUBLISH with QoS 3".into()));
+            }
+            3 => {}
+            _ if flags != 0 && !matches!(kind, 6 | 8 | 10) => {
+                return Err(CodecError::Malformed("reserved flags must be 0".into()));
+            }
+            _ => {}
+        }
+        let wire_len = hlen + rlen;
+        if buf.len() < wire_len {
+            // Reserve once so a large packet is read without repeated reallocations.
+            buf.reserve(wire_len - buf.len());
+            return Ok(None);
+        }
+        let publish_meta = if kind == 3 {
+            Some(crate::router::peek_publish(&buf[..wire_len]).ok_or_else(|| {
+                CodecError::Malformed("PUBLISH too short for its packet id".into())
+            })?)
+        } else {
+            None
+        };
+        let max = self.max_incoming;
+        let version = self.version;
+        // rumqttd's codecs are not ours: contain any panic on hostile input to this connection.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| match version {
+            Version::V311 => V4.read_mut(buf, max),
+            Version::V5 => V5.read_mut(buf, max),
+        }));
+        match result {
+            Ok(Ok(packet)) => Ok(Some(Frame {
+                packet,
+                publish_meta,
+                wire_len,
+            })),
+            Ok(Err(protocol::Error::InsufficientBytes(_))) => Ok(None),
+            Ok(Err(e)) => Err(CodecError::Malformed(e.to_string())),
+            Err(_) => Err(CodecError::Malformed("undecodable packet".into())),
+        }
+    }
+
+    /// Appends a packet to `out`. v3.1.1 connections never see v5 properties.
+    pub fn encode(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, CodecError> {
+        let r = match self.version {
+            Version::V5 => V5.write(packet, out),
+            Version::V311 => V4.write(strip_properties(packet), out),
+        };
+        r.map_err(|e| CodecError::Malformed(e.to_string()))
+    }
+}
+
+fn strip_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::ConnAck(a, _) => Packet::ConnAck(a, None),
+        Packet::PubAck(a, _) => Packet::PubAck(a, None),
+        Packet::PubRec(a, _) => Packet::PubRec(a, None),
+        Packet::PubRel(a, _) => Packet::PubRel(a, None),
+        Packet::PubComp(a, _) => Packet::PubComp(a, None),
+        Packet::SubAck(a, _) => Packet::SubAck(a, None),
+        Packet::UnsubAck(a, _) => Packet::UnsubAck(a, None),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_bytes(level: u8) -> Vec<u8> {
+        let mut v = vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', level, 2, 0, 60, 0, 0];
+        v[1] = (v.len() - 2) as u8;
+        v
+    }
+
+    #[test]
+    fn detects_versions() {
+        assert_eq!(detect_version(&connect_bytes(4), 1024), Ok(Some(Version::V311)));
+        assert_eq!(detect_version(&connect_bytes(5), 1024), Ok(Some(Version::V5)));
+        assert_eq!(detect_version(&connect_bytes(3), 1024), Err(CodecError::UnsupportedVersion(3)));
+        assert_eq!(detect_version(&connect_bytes(4)[..5], 1024), Ok(None));
+        assert!(detect_version(b"GET / HTTP/1.1\r\n", 1024).is_err());
+    }
+
+    #[test]
+    fn huge_remaining_length_is_refused_before_the_body_arrives() {
+        let codec = Codec::new(Version::V311, 1 << 20);
+        // PUBLISH claiming 256 MB.
+        let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0xFF, 0xFF, 0x7F][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::TooLarge { .. })));
+        let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0xFF, 0xFF, 0xFF, 0x01][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::Malformed(_))));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let codec = Codec::new(Version::V5, 1 << 20);
+        for bytes in [
+            &[0x00u8, 0x00][..],
+            &[0x82, 0x02, 0x00, 0x01],
+            &[0x31, 0x01, 0xFF],
+            &[0x82, 0x03, 0x00, 0x01, 0x00],
+            &[0xF0, 0x00],
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(codec.decode(&mut buf).is_err(), "{bytes:?}");
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The broker's own router link, used for wills and messages that blocks and the media
+//! service publish. It has a reserved client id that clients may not use.
+
+use crate::metrics::{DropReason, Metrics};
+use crate::pipeline::Message;
+use crate::router::protocol::{Packet, QoS};
+use crate::router::{Outbound, Router, RouterError, build_publish};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Client id of the internal link.
+pub const INTERNAL_CLIENT_ID: &str = "moonwire.internal";
+
+const QUEUE: usize = 4096;
+
+/// Sends broker-originated messages to the router.
+#[derive(Clone)]
+pub struct Internal {
+    tx: mpsc::Sender<Message>,
+    metrics: Arc<Metrics>,
+}
+
+impl Internal {
+    /// Connects the internal link and spawns its task.
+    pub async fn start(
+        router: &Router,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Internal, RouterError> {
+        let mut link = router.connect(INTERNAL_CLIENT_ID.to_string(), true).await?.link;
+        let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
+        tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    m = rx.recv() => {
+                        let Some(m) = m else { break };
+                        batch.push_back(to_packet(&m));
+                        while let Ok(m) = rx.try_recv() {
+                            batch.push_back(to_packet(&m));
+                        }
+                        if link.send_batch(&mut batch).await.is_err() {
+                            break;
+                        }
+                    }
+                    out = link.recv() => match out {
+                        Ok(Outbound::Unscheduled) => { let _ = link.wake().await; }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    },
+                }
+            }
+            link.disconnect().await;
+        });
+        Ok(Internal { tx, metrics })
+    }
+
+    /// Queues a routed message; waits when the queue is full (backpressure on the publisher).
+    pub async fn send(&self, msg: Message) {
+        if self.tx.send(msg).await.is_err() {
+            self.metrics.dropped(DropReason::InternalQueueFull, 1);
+        }
+    }
+}
+
+fn to_packet(m: &Message) -> Packet {
+    // Into the router everything goes at QoS 0: the edge owns acknowledgements, and the
+    // router delivers at each subscription's QoS.
+    let publish = build_publish(&m.topic, &m.payload, QoS::AtMostOnce, m.retain, 0);
+    Packet::Publish(publish, super::session::props_to_router(&m.props))
+}

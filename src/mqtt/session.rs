@@ -1,0 +1,901 @@
+//! One client connection: CONNECT handling, then the loop that moves packets between the
+//! socket and the client's router link, running every PUBLISH through the pipeline first.
+//!
+//! The edge owns publish acknowledgements: publishes enter the router at QoS 0 (the router
+//! delivers at each subscription's QoS), and the session sends PUBACK/PUBREC itself once the
+//! pipeline decided and the router took the batch. That keeps acks in order even when a stage
+//! drops a message, lets v5 clients see the stage's reason code, and makes the edge the one
+//! place that finishes QoS 2 flows (PUBREL → PUBCOMP).
+
+use super::codec::{Codec, CodecError, Frame, Version, detect_version};
+use super::internal::INTERNAL_CLIENT_ID;
+use super::{Broker, SessionLimits};
+use crate::metrics::DropReason;
+use crate::pipeline::{DropCode, Message, Origin, Outcome, Props, now_ms, valid_filter};
+use crate::router::protocol::*;
+use crate::router::{Link, Outbound, RouterError, Will, build_publish};
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Why a session ended; decides the DISCONNECT reason and whether the will fires.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client closed the connection")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("topic name invalid: {0}")]
+    TopicInvalid(&'static str),
+    #[error("no CONNECT within the connect timeout")]
+    ConnectTimeout,
+    #[error("keep alive expired")]
+    KeepAlive,
+    #[error("session taken over by a new connection")]
+    TakenOver,
+    #[error("broker shutting down")]
+    Shutdown,
+    #[error("client sent DISCONNECT")]
+    ClientDisconnect { with_will: bool },
+    #[error("router: {0}")]
+    Router(#[from] RouterError),
+    #[error("connection refused: {0:?}")]
+    Refused(ConnectReturnCode),
+}
+
+/// How long a new session waits for the one it takes over to close.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+/// Read buffer size; grows only for larger packets and shrinks back when idle.
+const READ_CHUNK: usize = 4096;
+/// Router notifications written per flush.
+const WRITE_BATCH: usize = 512;
+
+/// Serves one accepted connection until it closes.
+pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    let mut io = Io {
+        reader,
+        writer,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+    };
+    let connect = tokio::select! {
+        r = tokio::time::timeout(broker.limits.connect_timeout, read_connect(&mut io, &broker.limits)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::ConnectTimeout),
+        },
+        _ = broker.shutdown.cancelled() => Err(SessionError::Shutdown),
+    };
+    let (codec, packet) = match connect {
+        Ok(c) => c,
+        Err(e) => {
+            note_failure(&broker, &e);
+            tracing::debug!(%peer, error = %e, "connection closed before CONNECT completed");
+            let _ = io.writer.shutdown().await;
+            return;
+        }
+    };
+    let Packet::Connect(connect, props, will, will_props, login) = packet else {
+        return;
+    };
+    let ctx = ConnectInfo {
+        connect,
+        props,
+        will: will.map(|w| (w, will_props)),
+        login,
+    };
+    run_connected(io, codec, ctx, peer, broker).await;
+}
+
+fn note_failure(broker: &Broker, e: &SessionError) {
+    let reason = match e {
+        SessionError::ConnectTimeout => DropReason::ConnectTimeout,
+        SessionError::Codec(CodecError::TooLarge { .. }) => DropReason::PacketTooLarge,
+        SessionError::Codec(_) => DropReason::Malformed,
+        SessionError::Protocol(_) => DropReason::Protocol,
+        SessionError::TopicInvalid(_) => DropReason::TopicInvalid,
+        SessionError::KeepAlive => DropReason::KeepAlive,
+        _ => return,
+    };
+    broker.metrics.dropped(reason, 1);
+}
+
+struct Io<R, W> {
+    reader: R,
+    writer: W,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
+    async fn fill(&mut self) -> Result<usize, SessionError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 512 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        match self.reader.read_buf(&mut self.rbuf).await? {
+            0 => Err(SessionError::Closed),
+            n => Ok(n),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<usize, SessionError> {
+        let n = self.wbuf.len();
+        if n > 0 {
+            self.writer.write_all(&self.wbuf).await?;
+            self.writer.flush().await?;
+            self.wbuf.clear();
+            if self.wbuf.capacity() > 64 * 1024 {
+                self.wbuf = BytesMut::new();
+            }
+        }
+        Ok(n)
+    }
+
+    /// Gives back a large read buffer once a big packet has been consumed, so idle
+    /// connections stay small.
+    fn shrink(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * READ_CHUNK {
+            self.rbuf = BytesMut::new();
+        }
+    }
+}
+
+async fn read_connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    io: &mut Io<R, W>,
+    limits: &SessionLimits,
+) -> Result<(Codec, Packet), SessionError> {
+    loop {
+        match detect_version(&io.rbuf, limits.max_packet_size) {
+            Ok(Some(version)) => {
+                let codec = Codec::new(version, limits.max_packet_size);
+                if let Some(frame) = codec.decode(&mut io.rbuf)? {
+                    return Ok((codec, frame.packet));
+                }
+            }
+            Ok(None) => {}
+            Err(CodecError::UnsupportedVersion(v)) => {
+                // Answer in the v3.1.1 format every client version understands [MQTT-3.1.2-2].
+                let codec = Codec::new(Version::V311, limits.max_packet_size);
+                let ack = ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::RefusedProtocolVersion,
+                };
+                codec.encode(Packet::ConnAck(ack, None), &mut io.wbuf)?;
+                io.flush().await?;
+                return Err(CodecError::UnsupportedVersion(v).into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        io.fill().await?;
+    }
+}
+
+struct ConnectInfo {
+    connect: Connect,
+    props: Option<ConnectProperties>,
+    will: Option<Will>,
+    login: Option<Login>,
+}
+
+/// Per-connection state after CONNECT.
+struct Session<R, W> {
+    io: Io<R, W>,
+    codec: Codec,
+    broker: Arc<Broker>,
+    client_id: String,
+    username: Option<String>,
+    will: Option<Will>,
+    keep_alive: Duration,
+    request_problem_info: bool,
+    /// Incoming QoS 2 packet ids between PUBREC and PUBREL.
+    qos2_incoming: HashSet<u16>,
+    /// Filters this session is subscribed to (for UNSUBACK codes and limits).
+    filters: HashSet<String>,
+    /// SUBSCRIBEs forwarded to the router with some filters refused by the edge: the codes to
+    /// merge into the router's SUBACK, by position.
+    pending_suback: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    /// UNSUBSCRIBEs waiting for the router's per-filter acks: (acks still expected, reasons).
+    pending_unsuback: HashMap<u16, (usize, Vec<UnsubAckReason>)>,
+    /// Packets for the router from the current read batch.
+    to_router: VecDeque<Packet>,
+    /// Acks to write once `to_router` has been handed over.
+    acks: Vec<Packet>,
+}
+
+async fn run_connected<R, W>(
+    mut io: Io<R, W>,
+    codec: Codec,
+    info: ConnectInfo,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let v5 = codec.version == Version::V5;
+    let refuse = |code: ConnectReturnCode| ConnAck {
+        session_present: false,
+        code,
+    };
+    let mut connect = info.connect;
+    let mut assigned = None;
+    if connect.client_id.is_empty() {
+        if !connect.clean_session {
+            let code = ConnectReturnCode::ClientIdentifierNotValid;
+            let _ = refuse_connect(&mut io, &codec, refuse(code), "empty client id needs clean start").await;
+            return;
+        }
+        connect.client_id = format!("mw-{:016x}", rand::random::<u64>());
+        assigned = Some(connect.client_id.clone());
+    }
+    if !valid_client_id(&connect.client_id) {
+        broker.metrics.dropped(DropReason::Protocol, 1);
+        let _ = refuse_connect(
+            &mut io,
+            &codec,
+            refuse(ConnectReturnCode::ClientIdentifierNotValid),
+            "client id must not contain + # / $ or be reserved",
+        )
+        .await;
+        return;
+    }
+    // Count the link before asking the router: over the limit the router drops the connect
+    // silently, so the edge answers instead.
+    if broker.links.fetch_add(1, Relaxed) >= broker.limits.max_connections {
+        broker.links.fetch_sub(1, Relaxed);
+        broker.metrics.dropped(DropReason::ConnectionLimit, 1);
+        let code = if v5 {
+            ConnectReturnCode::ServerUnavailable
+        } else {
+            ConnectReturnCode::ServiceUnavailable
+        };
+        let _ = refuse_connect(&mut io, &codec, refuse(code), "server connection limit reached").await;
+        return;
+    }
+    let client_id = connect.client_id.clone();
+    let registration = broker.registry.register(&client_id, TAKEOVER_WAIT).await;
+    let filters = broker.registry.restore_filters(&client_id, connect.clean_session);
+    let connected = match broker.router.connect(client_id.clone(), connect.clean_session).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, client_id, error = %e, "router refused connection");
+            broker.links.fetch_sub(1, Relaxed);
+            broker.registry.release(&client_id, registration.generation);
+            let code = if v5 {
+                ConnectReturnCode::ServerUnavailable
+            } else {
+                ConnectReturnCode::ServiceUnavailable
+            };
+            let _ = refuse_connect(&mut io, &codec, refuse(code), "router refused the connection").await;
+            return;
+        }
+    };
+    let props = info.props.unwrap_or(ConnectProperties {
+        session_expiry_interval: None,
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: vec![],
+        authentication_method: None,
+        authentication_data: None,
+    });
+    let ack_props = v5.then(|| ConnAckProperties {
+        assigned_client_identifier: assigned,
+        max_packet_size: Some(broker.limits.max_packet_size as u32),
+        receive_max: Some(broker.limits.receive_maximum),
+        retain_available: Some(1),
+        topic_alias_max: Some(0),
+        shared_subscription_available: Some(1),
+        wildcard_subscription_available: Some(1),
+        ..Default::default()
+    });
+    let ack = ConnAck {
+        session_present: connected.session_present,
+        code: ConnectReturnCode::Success,
+    };
+    let mut link = connected.link;
+    let mut session = Session {
+        io,
+        codec,
+        broker: broker.clone(),
+        client_id: client_id.clone(),
+        username: info.login.map(|l| l.username).filter(|u| !u.is_empty()),
+        will: info.will,
+        keep_alive: Duration::from_secs(connect.keep_alive as u64),
+        request_problem_info: props.request_problem_info != Some(0),
+        qos2_incoming: HashSet::new(),
+        filters,
+        pending_suback: HashMap::new(),
+        pending_unsuback: HashMap::new(),
+        to_router: VecDeque::new(),
+        acks: Vec::new(),
+    };
+    broker.metrics.connections.fetch_add(1, Relaxed);
+    broker.metrics.connections_total.fetch_add(1, Relaxed);
+    tracing::debug!(%peer, client_id, version = ?session.codec.version, "client connected");
+
+    let result = match session.codec.encode(Packet::ConnAck(ack, ack_props), &mut session.io.wbuf) {
+        Ok(_) => match session.io.flush().await {
+            Ok(_) => session.run(&mut link, registration.kicked).await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e.into()),
+    };
+    let err = match result {
+        Ok(()) => SessionError::Closed,
+        Err(e) => e,
+    };
+    note_failure(&broker, &err);
+    session.close(err, link, connect.clean_session).await;
+    broker.registry.release(&client_id, registration.generation);
+    broker.links.fetch_sub(1, Relaxed);
+    broker.metrics.connections.fetch_sub(1, Relaxed);
+    drop(registration.done);
+}
+
+async fn refuse_connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    io: &mut Io<R, W>,
+    codec: &Codec,
+    ack: ConnAck,
+    reason: &str,
+) -> Result<(), SessionError> {
+    let props = (codec.version == Version::V5).then(|| ConnAckProperties {
+        reason_string: Some(reason.to_string()),
+        ..Default::default()
+    });
+    codec.encode(Packet::ConnAck(ack, props), &mut io.wbuf)?;
+    io.flush().await?;
+    let _ = io.writer.shutdown().await;
+    Ok(())
+}
+
+fn valid_client_id(id: &str) -> bool {
+    id != INTERNAL_CLIENT_ID && !id.contains(['+', '#', '/', '$']) && !id.contains('\0')
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    async fn run(
+        &mut self,
+        link: &mut Link,
+        mut kicked: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<(), SessionError> {
+        let broker = self.broker.clone();
+        // Keep alive 0 disables the check; otherwise 1.5× [MQTT-3.1.2-24].
+        let grace = self.keep_alive.mul_f32(1.5);
+        let far = Duration::from_secs(86400 * 365);
+        let keepalive = tokio::time::sleep(if grace.is_zero() { far } else { grace });
+        tokio::pin!(keepalive);
+        loop {
+            tokio::select! {
+                biased;
+                _ = broker.shutdown.cancelled() => return Err(SessionError::Shutdown),
+                _ = &mut kicked => return Err(SessionError::TakenOver),
+                r = self.io.fill() => {
+                    let n = r?;
+                    broker.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+                    if !grace.is_zero() {
+                        keepalive.as_mut().reset(Instant::now() + grace);
+                    }
+                    self.handle_incoming(link).await?;
+                    self.io.shrink();
+                }
+                out = link.recv() => {
+                    self.handle_outgoing(link, out?).await?;
+                }
+                _ = &mut keepalive => return Err(SessionError::KeepAlive),
+            }
+        }
+    }
+
+    /// Decodes every complete packet in the read buffer, then hands the batch to the router
+    /// and writes the acks.
+    async fn handle_incoming(&mut self, link: &mut Link) -> Result<(), SessionError> {
+        let mut publishes = 0u64;
+        let mut outcome = Ok(());
+        loop {
+            let frame = match self.codec.decode(&mut self.io.rbuf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Err(e.into());
+                    break;
+                }
+            };
+            if matches!(frame.packet, Packet::Publish(..)) {
+                publishes += 1;
+            }
+            if let Err(e) = self.handle_packet(frame).await {
+                outcome = Err(e);
+                break;
+            }
+        }
+        self.broker.metrics.messages_in.fetch_add(publishes, Relaxed);
+        // Whatever was accepted before an error still reaches the router and gets its ack.
+        link.send_batch(&mut self.to_router).await?;
+        for ack in self.acks.drain(..) {
+            self.codec.encode(ack, &mut self.io.wbuf)?;
+        }
+        let n = self.io.flush().await?;
+        self.broker.metrics.bytes_out.fetch_add(n as u64, Relaxed);
+        outcome
+    }
+
+    async fn handle_packet(&mut self, frame: Frame) -> Result<(), SessionError> {
+        match frame.packet {
+            Packet::Publish(publish, props) => {
+                let (qos, pkid) = frame.publish_meta.unwrap_or((QoS::AtMostOnce, 0));
+                self.handle_publish(publish, props, qos, pkid).await
+            }
+            Packet::PubRel(pubrel, _) => {
+                // The edge finished every incoming QoS 2 flow itself (see module docs).
+                let reason = if self.qos2_incoming.remove(&pubrel.pkid) {
+                    PubCompReason::Success
+                } else {
+                    PubCompReason::PacketIdentifierNotFound
+                };
+                self.acks.push(Packet::PubComp(
+                    PubComp {
+                        pkid: pubrel.pkid,
+                        reason,
+                    },
+                    None,
+                ));
+                Ok(())
+            }
+            Packet::PubAck(a, _) => {
+                self.to_router.push_back(Packet::PubAck(a, None));
+                Ok(())
+            }
+            Packet::PubRec(a, _) => {
+                self.to_router.push_back(Packet::PubRec(a, None));
+                Ok(())
+            }
+            Packet::PubComp(a, _) => {
+                self.to_router.push_back(Packet::PubComp(a, None));
+                Ok(())
+            }
+            Packet::Subscribe(sub, props) => {
+                self.handle_subscribe(sub, props);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsub, props) => {
+                self.handle_unsubscribe(unsub, props);
+                Ok(())
+            }
+            Packet::PingReq(_) => {
+                self.acks.push(Packet::PingResp(PingResp));
+                Ok(())
+            }
+            Packet::Disconnect(d, _) => Err(SessionError::ClientDisconnect {
+                with_will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+            }),
+            Packet::Connect(..) => Err(SessionError::Protocol("second CONNECT")),
+            _ => Err(SessionError::Protocol("packet a client must not send")),
+        }
+    }
+
+    fn check_topic(&self, topic: &[u8]) -> Result<(), SessionError> {
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return Err(SessionError::TopicInvalid("not UTF-8"));
+        };
+        if topic.is_empty() {
+            return Err(SessionError::TopicInvalid("empty"));
+        }
+        if topic.contains(['+', '#', '\0']) {
+            return Err(SessionError::TopicInvalid("wildcards or NUL in a topic name"));
+        }
+        if topic.len() > self.broker.limits.max_topic_length {
+            return Err(SessionError::TopicInvalid("longer than limits.max_topic_length"));
+        }
+        if topic.split('/').count() > self.broker.limits.max_topic_levels {
+            return Err(SessionError::TopicInvalid("deeper than limits.max_topic_levels"));
+        }
+        Ok(())
+    }
+
+    async fn handle_publish(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        qos: QoS,
+        pkid: u16,
+    ) -> Result<(), SessionError> {
+        self.check_topic(&publish.topic)?;
+        if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+            // We announce Topic Alias Maximum 0 [MQTT-3.2.2-17].
+            return Err(SessionError::Protocol("topic alias sent but none allowed"));
+        }
+        if qos == QoS::ExactlyOnce && self.qos2_incoming.contains(&pkid) {
+            // A resend before PUBREL: acknowledge again, deliver once [MQTT-4.3.3-9].
+            self.acks.push(pubrec(pkid, None));
+            return Ok(());
+        }
+        let broker = self.broker.clone();
+        let topic_str = std::str::from_utf8(&publish.topic).unwrap_or_default();
+        let wants = broker.pipeline.wants(topic_str, publish.payload.len());
+        let tapped = broker.pipeline.tapped(topic_str);
+        let (routed, refused) = if wants || tapped {
+            let msg = self.message(&publish, props, qos);
+            let outcome = if wants {
+                broker.pipeline.process(msg).await
+            } else {
+                Outcome::Route(msg)
+            };
+            match outcome {
+                Outcome::Route(m) => {
+                    let p = build_publish(&m.topic, &m.payload, QoS::AtMostOnce, m.retain, 0);
+                    self.to_router
+                        .push_back(Packet::Publish(p, props_to_router(&m.props)));
+                    if tapped {
+                        broker.pipeline.after_publish(&m);
+                    }
+                    (true, None)
+                }
+                Outcome::Drop { code, reason } => {
+                    broker.metrics.dropped(DropReason::Pipeline, 1);
+                    (false, Some((code, reason)))
+                }
+                Outcome::Consume => (false, None),
+            }
+        } else {
+            // Fast path: no stage cares. One copy detaches the message from the read buffer.
+            let p = build_publish(topic_str, &publish.payload, QoS::AtMostOnce, publish.retain, 0);
+            self.to_router.push_back(Packet::Publish(p, props.map(strip_alias)));
+            (true, None)
+        };
+        let _ = routed;
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.acks.push(self.puback(pkid, refused)),
+            QoS::ExactlyOnce => {
+                // A v5 refusal (reason ≥ 0x80) ends the flow; otherwise wait for PUBREL.
+                let ends_flow = refused.is_some() && self.codec.version == Version::V5;
+                if !ends_flow {
+                    self.qos2_incoming.insert(pkid);
+                }
+                let props = self.reason_props(&refused);
+                let ack = pubrec(pkid, refused.map(|(c, _)| c));
+                self.acks.push(match (ack, props) {
+                    (Packet::PubRec(a, _), Some(reason_string)) => Packet::PubRec(
+                        a,
+                        Some(PubRecProperties {
+                            reason_string: Some(reason_string),
+                            user_properties: vec![],
+                        }),
+                    ),
+                    (ack, _) => ack,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn reason_props(&self, refused: &Option<(DropCode, String)>) -> Option<String> {
+        match refused {
+            Some((_, reason)) if self.request_problem_info && self.codec.version == Version::V5 => {
+                Some(reason.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn puback(&self, pkid: u16, refused: Option<(DropCode, String)>) -> Packet {
+        let props = self.reason_props(&refused).map(|r| PubAckProperties {
+            reason_string: Some(r),
+            user_properties: vec![],
+        });
+        let reason = match refused.map(|(c, _)| c) {
+            // v3.1.1 has no negative PUBACK; the message is dropped and acked [as mosquitto].
+            _ if self.codec.version == Version::V311 => PubAckReason::Success,
+            None => PubAckReason::Success,
+            Some(DropCode::Unspecified) => PubAckReason::UnspecifiedError,
+            Some(DropCode::ImplementationSpecific) => PubAckReason::ImplementationSpecificError,
+            Some(DropCode::NotAuthorized) => PubAckReason::NotAuthorized,
+            Some(DropCode::TopicNameInvalid) => PubAckReason::TopicNameInvalid,
+            // 0x95 is not a PUBACK code; an over-budget payload is a quota matter.
+            Some(DropCode::QuotaExceeded | DropCode::PacketTooLarge) => PubAckReason::QuotaExceeded,
+            Some(DropCode::PayloadFormatInvalid) => PubAckReason::PayloadFormatInvalid,
+        };
+        Packet::PubAck(PubAck { pkid, reason }, props)
+    }
+
+    fn message(&self, publish: &Publish, props: Option<PublishProperties>, qos: QoS) -> Message {
+        Message {
+            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+            payload: Bytes::copy_from_slice(&publish.payload),
+            qos: qos as u8,
+            retain: publish.retain,
+            props: props.map(props_from_router).unwrap_or_default(),
+            origin: Origin {
+                client_id: self.client_id.clone(),
+                username: self.username.clone(),
+                hop: 0,
+            },
+            received_at: now_ms(),
+        }
+    }
+
+    fn handle_subscribe(&mut self, mut sub: Subscribe, props: Option<SubscribeProperties>) {
+        let mut codes: Vec<Option<SubscribeReasonCode>> = Vec::with_capacity(sub.filters.len());
+        let mut accepted = Vec::with_capacity(sub.filters.len());
+        let v5 = self.codec.version == Version::V5;
+        let fail = |v5_code| if v5 { v5_code } else { SubscribeReasonCode::Failure };
+        for f in sub.filters.drain(..) {
+            let new = !self.filters.contains(&f.path);
+            let code = if !valid_filter(&f.path) || f.path.len() > self.broker.limits.max_topic_length {
+                Some(fail(SubscribeReasonCode::TopicFilterInvalid))
+            } else if f.path.starts_with('$') && !f.path.starts_with("$share/") {
+                // No `$` topics are served yet, and the router refuses such filters.
+                Some(fail(SubscribeReasonCode::TopicFilterInvalid))
+            } else if f.path.starts_with("$share/") && !valid_shared(&f.path) {
+                Some(fail(SubscribeReasonCode::TopicFilterInvalid))
+            } else if new && self.filters.len() >= self.broker.limits.max_subscriptions {
+                Some(fail(SubscribeReasonCode::QuotaExceeded))
+            } else {
+                None
+            };
+            if code.is_none() {
+                self.filters.insert(f.path.clone());
+                accepted.push(f);
+            }
+            codes.push(code);
+        }
+        if accepted.is_empty() {
+            let return_codes = codes.into_iter().flatten().collect();
+            self.acks.push(Packet::SubAck(SubAck { pkid: sub.pkid, return_codes }, None));
+            return;
+        }
+        if codes.iter().any(Option::is_some) {
+            self.pending_suback.insert(sub.pkid, codes);
+        }
+        sub.filters = accepted;
+        self.to_router.push_back(Packet::Subscribe(sub, props));
+    }
+
+    fn handle_unsubscribe(&mut self, unsub: Unsubscribe, props: Option<UnsubscribeProperties>) {
+        let mut reasons = Vec::with_capacity(unsub.filters.len());
+        let mut expected = 0;
+        for f in &unsub.filters {
+            if self.filters.remove(f) {
+                expected += 1;
+                reasons.push(UnsubAckReason::Success);
+            } else {
+                reasons.push(UnsubAckReason::NoSubscriptionExisted);
+            }
+        }
+        if expected == 0 {
+            self.acks.push(unsuback(unsub.pkid, reasons, self.codec.version));
+            return;
+        }
+        // The router acks each filter it removed, and only those; answer after the last.
+        self.pending_unsuback.insert(unsub.pkid, (expected, reasons));
+        self.to_router.push_back(Packet::Unsubscribe(unsub, props));
+    }
+
+    async fn handle_outgoing(&mut self, link: &mut Link, first: Outbound) -> Result<(), SessionError> {
+        let mut next = Some(first);
+        let mut unscheduled = false;
+        let mut written = 0;
+        let mut publishes = 0u64;
+        while let Some(out) = next.take() {
+            match out {
+                Outbound::Unscheduled => unscheduled = true,
+                Outbound::Nothing => {}
+                Outbound::Packet(p) => {
+                    if matches!(p, Packet::Publish(..)) {
+                        publishes += 1;
+                    }
+                    if let Some(p) = self.outgoing_packet(p) {
+                        if let Packet::Disconnect(..) = p {
+                            self.codec.encode(p, &mut self.io.wbuf)?;
+                            self.io.flush().await?;
+                            return Err(SessionError::Protocol("router disconnected the client"));
+                        }
+                        if let Err(e) = self.codec.encode(p, &mut self.io.wbuf) {
+                            tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable packet");
+                        }
+                    }
+                }
+            }
+            written += 1;
+            if written < WRITE_BATCH {
+                next = link.try_recv()?;
+            }
+        }
+        self.broker.metrics.messages_out.fetch_add(publishes, Relaxed);
+        let n = self.io.flush().await?;
+        self.broker.metrics.bytes_out.fetch_add(n as u64, Relaxed);
+        if unscheduled {
+            link.wake().await?;
+        }
+        Ok(())
+    }
+
+    /// Adjusts what the router sends before it reaches the client.
+    fn outgoing_packet(&mut self, p: Packet) -> Option<Packet> {
+        match p {
+            Packet::SubAck(mut ack, props) => {
+                if let Some(codes) = self.pending_suback.remove(&ack.pkid) {
+                    let mut routed = ack.return_codes.into_iter();
+                    ack.return_codes = codes
+                        .into_iter()
+                        .map(|c| c.or_else(|| routed.next()).unwrap_or(SubscribeReasonCode::Failure))
+                        .collect();
+                }
+                Some(Packet::SubAck(ack, props))
+            }
+            Packet::UnsubAck(ack, _) => {
+                let (left, _) = self.pending_unsuback.get_mut(&ack.pkid)?;
+                *left -= 1;
+                if *left > 0 {
+                    return None;
+                }
+                let (_, reasons) = self.pending_unsuback.remove(&ack.pkid)?;
+                Some(unsuback(ack.pkid, reasons, self.codec.version))
+            }
+            // Acks for client publishes and pings are the edge's job (see module docs).
+            Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) | Packet::PingResp(_) => None,
+            other => Some(other),
+        }
+    }
+
+    /// Ends the session: tells a v5 client why, fires the will when the close was abnormal,
+    /// and hands the link back to the router.
+    async fn close(mut self, why: SessionError, link: Link, clean: bool) {
+        let v5 = self.codec.version == Version::V5;
+        let (reason, fire_will) = match &why {
+            SessionError::Shutdown => (Some(DisconnectReasonCode::ServerShuttingDown), false),
+            SessionError::TakenOver => (Some(DisconnectReasonCode::SessionTakenOver), true),
+            SessionError::KeepAlive => (Some(DisconnectReasonCode::KeepAliveTimeout), true),
+            SessionError::ClientDisconnect { with_will } => (None, *with_will),
+            SessionError::Codec(CodecError::TooLarge { .. }) => (Some(DisconnectReasonCode::PacketTooLarge), true),
+            SessionError::Codec(CodecError::Auth) => (Some(DisconnectReasonCode::ProtocolError), true),
+            SessionError::Codec(_) => (Some(DisconnectReasonCode::MalformedPacket), true),
+            SessionError::Protocol(_) => (Some(DisconnectReasonCode::ProtocolError), true),
+            SessionError::TopicInvalid(_) => (Some(DisconnectReasonCode::TopicNameInvalid), true),
+            _ => (None, true),
+        };
+        tracing::debug!(client_id = self.client_id, reason = %why, "session closing");
+        if let (true, Some(code)) = (v5, reason) {
+            let props = self.request_problem_info.then(|| DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(why.to_string()),
+                user_properties: vec![],
+                server_reference: None,
+            });
+            let _ = self
+                .codec
+                .encode(Packet::Disconnect(Disconnect { reason_code: code }, props), &mut self.io.wbuf);
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.io.flush()).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.writer.shutdown()).await;
+        link.disconnect().await;
+        if !clean {
+            self.broker
+                .registry
+                .save_filters(&self.client_id, std::mem::take(&mut self.filters));
+        }
+        if let (true, Some(will)) = (fire_will, self.will.take()) {
+            self.fire_will(will);
+        }
+    }
+
+    fn fire_will(&self, (will, props): Will) {
+        let delay = props.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
+        let msg = Message {
+            topic: String::from_utf8_lossy(&will.topic).into_owned(),
+            payload: will.message.clone(),
+            qos: will.qos as u8,
+            retain: will.retain,
+            props: props.map(will_props).unwrap_or_default(),
+            origin: Origin {
+                client_id: self.client_id.clone(),
+                username: self.username.clone(),
+                hop: 0,
+            },
+            received_at: now_ms(),
+        };
+        let broker = self.broker.clone();
+        let cancel = (delay > 0).then(|| broker.registry.pending_will(&self.client_id));
+        tokio::spawn(async move {
+            if let Some(cancel) = cancel {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = broker.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(delay as u64)) => {}
+                }
+            }
+            broker.publish(msg).await;
+        });
+    }
+}
+
+fn valid_shared(filter: &str) -> bool {
+    let mut parts = filter.splitn(3, '/');
+    let (_, group, rest) = (parts.next(), parts.next(), parts.next());
+    matches!((group, rest), (Some(g), Some(r)) if !g.is_empty() && !g.contains(['+', '#']) && valid_filter(r))
+}
+
+fn pubrec(pkid: u16, refused: Option<DropCode>) -> Packet {
+    let reason = match refused {
+        None => PubRecReason::Success,
+        Some(DropCode::Unspecified) => PubRecReason::UnspecifiedError,
+        Some(DropCode::ImplementationSpecific) => PubRecReason::ImplementationSpecificError,
+        Some(DropCode::NotAuthorized) => PubRecReason::NotAuthorized,
+        Some(DropCode::TopicNameInvalid) => PubRecReason::TopicNameInvalid,
+        Some(DropCode::QuotaExceeded | DropCode::PacketTooLarge) => PubRecReason::QuotaExceeded,
+        Some(DropCode::PayloadFormatInvalid) => PubRecReason::PayloadFormatInvalid,
+    };
+    Packet::PubRec(PubRec { pkid, reason }, None)
+}
+
+fn unsuback(pkid: u16, reasons: Vec<UnsubAckReason>, version: Version) -> Packet {
+    let reasons = match version {
+        Version::V5 => reasons,
+        Version::V311 => vec![],
+    };
+    Packet::UnsubAck(UnsubAck { pkid, reasons }, None)
+}
+
+fn strip_alias(mut p: PublishProperties) -> PublishProperties {
+    p.topic_alias = None;
+    p.subscription_identifiers.clear();
+    p
+}
+
+/// Pipeline properties → router properties (None when empty, which keeps v5 packets small).
+pub fn props_to_router(p: &Props) -> Option<PublishProperties> {
+    if *p == Props::default() {
+        return None;
+    }
+    Some(PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        topic_alias: None,
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user.clone(),
+        subscription_identifiers: vec![],
+        content_type: p.content_type.clone(),
+    })
+}
+
+fn props_from_router(p: PublishProperties) -> Props {
+    Props {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user: p.user_properties,
+    }
+}
+
+fn will_props(p: LastWillProperties) -> Props {
+    Props {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user: p.user_properties,
+    }
+}

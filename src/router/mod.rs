@@ -1,0 +1,311 @@
+//! The only module that touches `rumqttd`. It starts the router thread, builds one router
+//! link per client connection, and re-exports the packet types and codecs the edge speaks.
+//!
+//! Facts about the router this module hides from the rest of the broker:
+//! - `Router::spawn` returns a sender whose item type rumqttd does not export; we keep it
+//!   inside closures ([`Router`] fields) instead of naming it.
+//! - `LinkBuilder::build` and `LinkTx::send` block the calling thread (bounded channel).
+//!   [`Router::connect`] runs on the blocking pool, and [`Link::send_batch`] first waits
+//!   asynchronously for channel capacity so the blocking send practically never blocks.
+//! - `Publish` keeps `qos` and `pkid` private; [`publish_meta`] reads them back from the
+//!   serialised form and [`build_publish`] constructs through `Publish::deserialize`.
+
+pub mod protocol {
+    //! Packet types and codecs (rumqttd's), re-exported so callers depend on this module only.
+    pub use rumqttd::protocol::v4::V4;
+    pub use rumqttd::protocol::v5::V5;
+    pub use rumqttd::protocol::*;
+}
+
+use bytes::{BufMut, Bytes, BytesMut};
+use protocol::{LastWill, Packet, Publish, PublishProperties, QoS};
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::{Notification, RouterConfig};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Errors talking to the router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("router refused the connection (connection limit or invalid client id)")]
+    Refused,
+    #[error("router link closed")]
+    Closed,
+    #[error("router blocking task failed: {0}")]
+    Join(String),
+}
+
+impl From<LinkError> for RouterError {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::Recv(_) | LinkError::NotConnectionAck | LinkError::ConnectionAck(_) => {
+                RouterError::Refused
+            }
+            _ => RouterError::Closed,
+        }
+    }
+}
+
+/// Router settings, from `[router]` and `[limits]`.
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    pub max_connections: usize,
+    pub max_segment_size: usize,
+    pub max_segment_count: usize,
+    pub max_outgoing_packet_count: u64,
+}
+
+type Factory =
+    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+
+/// Handle to the running router thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    factory: Arc<Factory>,
+    is_full: Arc<dyn Fn() -> bool + Send + Sync>,
+    depth: Arc<dyn Fn() -> usize + Send + Sync>,
+}
+
+/// What the router said when a link connected.
+pub struct Connected {
+    pub link: Link,
+    pub session_present: bool,
+}
+
+impl Router {
+    /// Starts the router on its own OS thread.
+    pub fn start(settings: &RouterSettings) -> Router {
+        let config = RouterConfig {
+            // One spare slot for the broker's internal link.
+            max_connections: settings.max_connections + 1,
+            max_outgoing_packet_count: settings.max_outgoing_packet_count,
+            max_segment_size: settings.max_segment_size,
+            max_segment_count: settings.max_segment_count,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        };
+        let tx = rumqttd::Router::new(0, config).spawn();
+        let (full_tx, depth_tx) = (tx.clone(), tx.clone());
+        Router {
+            factory: Arc::new(move |client_id, clean| {
+                // Outgoing topic aliases in the router are keyed by filter and deliver wrong
+                // topics, so they stay off; wills are kept and fired by the edge.
+                LinkBuilder::new(client_id, tx.clone())
+                    .clean_session(clean)
+                    .topic_alias_max(0)
+                    .build()
+            }),
+            is_full: Arc::new(move || full_tx.is_full()),
+            depth: Arc::new(move || depth_tx.len()),
+        }
+    }
+
+    /// Registers a connection with the router. Runs the blocking handshake off the async
+    /// workers.
+    pub async fn connect(&self, client_id: String, clean: bool) -> Result<Connected, RouterError> {
+        let factory = self.factory.clone();
+        let (tx, rx, ack) = tokio::task::spawn_blocking(move || factory(&client_id, clean))
+            .await
+            .map_err(|e| RouterError::Join(e.to_string()))??;
+        let session_present = match Option::<Packet>::from(ack) {
+            Some(Packet::ConnAck(ack, _)) => ack.session_present,
+            _ => return Err(RouterError::Refused),
+        };
+        Ok(Connected {
+            session_present,
+            link: Link {
+                tx,
+                rx,
+                router: self.clone(),
+            },
+        })
+    }
+
+    /// Events waiting in the router's input channel.
+    pub fn queue_depth(&self) -> usize {
+        (self.depth)()
+    }
+
+    async fn wait_capacity(&self) {
+        // Backpressure without blocking a tokio worker: the router channel is bounded and
+        // `LinkTx::send` would block on it when full.
+        let mut delay = Duration::from_micros(50);
+        while (self.is_full)() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(5));
+        }
+    }
+}
+
+/// What the router sends a connection.
+pub enum Outbound {
+    /// A packet to write to the client (publishes, acks, disconnect).
+    Packet(Packet),
+    /// The router paused this link; call [`Link::wake`] once the batch is written.
+    Unscheduled,
+    /// Nothing for the client.
+    Nothing,
+}
+
+/// One client's connection to the router.
+pub struct Link {
+    tx: LinkTx,
+    rx: LinkRx,
+    router: Router,
+}
+
+impl Link {
+    /// Hands a batch of packets to the router as one event.
+    pub async fn send_batch(&mut self, batch: &mut VecDeque<Packet>) -> Result<(), RouterError> {
+        let Some(last) = batch.pop_back() else {
+            return Ok(());
+        };
+        self.router.wait_capacity().await;
+        self.tx.buffer().extend(batch.drain(..));
+        self.tx.send(last).await?;
+        Ok(())
+    }
+
+    /// Waits for the next thing the router has for this connection.
+    pub async fn recv(&mut self) -> Result<Outbound, RouterError> {
+        loop {
+            if let Some(n) = self.rx.next().await? {
+                return Ok(translate(n));
+            }
+        }
+    }
+
+    /// The next thing the router has already queued, without waiting.
+    pub fn try_recv(&mut self) -> Result<Option<Outbound>, RouterError> {
+        use futures_util::FutureExt;
+        match self.rx.next().now_or_never() {
+            None | Some(Ok(None)) => Ok(None),
+            Some(Ok(Some(n))) => Ok(Some(translate(n))),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Asks the router to resume delivery after an [`Outbound::Unscheduled`].
+    pub async fn wake(&self) -> Result<(), RouterError> {
+        self.rx.wake().await?;
+        Ok(())
+    }
+
+    /// Tells the router the connection is gone, so it saves a persistent session and frees the
+    /// slot. Without this the router leaks the connection.
+    pub async fn disconnect(mut self) {
+        let mut batch = VecDeque::from([Packet::Disconnect(
+            protocol::Disconnect {
+                reason_code: protocol::DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        )]);
+        let _ = self.send_batch(&mut batch).await;
+    }
+}
+
+fn translate(n: Notification) -> Outbound {
+    match n {
+        Notification::Unschedule => Outbound::Unscheduled,
+        Notification::Forward(f) => Outbound::Packet(Packet::Publish(f.publish, f.properties)),
+        other => match Option::<Packet>::from(other) {
+            Some(p) => Outbound::Packet(p),
+            None => Outbound::Nothing,
+        },
+    }
+}
+
+/// Reads QoS and packet id, which `Publish` keeps private, from a raw PUBLISH frame.
+/// Returns `None` when the frame is too short to hold them.
+pub fn peek_publish(frame: &[u8]) -> Option<(QoS, u16)> {
+    let byte1 = *frame.first()?;
+    let qos = protocol::qos((byte1 >> 1) & 0b11)?;
+    if qos == QoS::AtMostOnce {
+        return Some((qos, 0));
+    }
+    let mut i = 1;
+    loop {
+        let b = *frame.get(i)?;
+        i += 1;
+        if b & 0x80 == 0 || i > 5 {
+            break;
+        }
+    }
+    let topic_len = u16::from_be_bytes([*frame.get(i)?, *frame.get(i + 1)?]) as usize;
+    let at = i + 2 + topic_len;
+    Some((qos, u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?])))
+}
+
+/// Copies topic and payload into one exact-size allocation, so a routed message does not pin
+/// the socket read buffer it was decoded from (rumqttd issue #1001).
+pub fn detach_publish(mut p: Publish) -> Publish {
+    let tlen = p.topic.len();
+    let mut b = BytesMut::with_capacity(tlen + p.payload.len());
+    b.put_slice(&p.topic);
+    b.put_slice(&p.payload);
+    let mut all = b.freeze();
+    p.topic = all.split_to(tlen);
+    p.payload = all;
+    p
+}
+
+/// Builds a `Publish` with the given QoS and packet id (fields rumqttd keeps private).
+pub fn build_publish(topic: &str, payload: &[u8], qos: QoS, retain: bool, pkid: u16) -> Publish {
+    let mut o = BytesMut::with_capacity(5 + topic.len() + payload.len());
+    o.put_u8(0b0011_0000 | retain as u8 | ((qos as u8) << 1));
+    o.put_u16(pkid);
+    o.put_u16(topic.len() as u16);
+    o.put_slice(topic.as_bytes());
+    o.put_slice(payload);
+    Publish::deserialize(o.freeze())
+}
+
+/// The QoS of a publish, read through its serialised header byte.
+pub fn publish_qos(p: &Publish) -> QoS {
+    let mut header = p.clone();
+    header.payload = Bytes::new();
+    protocol::qos((header.serialize()[0] >> 1) & 0b11).unwrap_or(QoS::AtMostOnce)
+}
+
+/// A will held by the edge (the router's own will trigger is private and never fires).
+pub type Will = (LastWill, Option<protocol::LastWillProperties>);
+
+/// Properties type re-export for the pipeline.
+pub type PublishProps = PublishProperties;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_and_peek_round_trip() {
+        let p = build_publish("a/b", b"xyz", QoS::AtLeastOnce, true, 42);
+        assert_eq!(&p.topic[..], b"a/b");
+        assert_eq!(&p.payload[..], b"xyz");
+        assert!(p.retain);
+        assert_eq!(publish_qos(&p), QoS::AtLeastOnce);
+        let mut wire = BytesMut::new();
+        protocol::V4.write(Packet::Publish(p, None), &mut wire).unwrap();
+        assert_eq!(peek_publish(&wire), Some((QoS::AtLeastOnce, 42)));
+    }
+
+    #[test]
+    fn peek_rejects_truncated_frames() {
+        assert_eq!(peek_publish(&[0x32]), None);
+        assert_eq!(peek_publish(&[0x32, 0x05, 0x00, 0x03, b'a']), None);
+        assert_eq!(peek_publish(&[0x30, 0x00]), Some((QoS::AtMostOnce, 0)));
+        assert_eq!(peek_publish(&[0x36, 0x00]), None);
+    }
+
+    #[test]
+    fn detach_copies_out_of_the_source_buffer() {
+        let src = Bytes::from_static(b"topicpayload");
+        let p = Publish::new(src.slice(0..5), src.slice(5..), false);
+        let d = detach_publish(p);
+        assert_eq!(&d.topic[..], b"topic");
+        assert_eq!(&d.payload[..], b"payload");
+        assert_ne!(d.payload.as_ptr(), src.slice(5..).as_ptr());
+    }
+}
