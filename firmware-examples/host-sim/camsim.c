@@ -118,11 +118,10 @@ static int parse_format(const char *s, uint8_t *out)
     return 0;
 }
 
-int main(int argc, char **argv)
+static int run(int argc, char **argv, file_t *files)
 {
     sim_conn_t conn;
     cam_t cam;
-    file_t *files;
     int nfiles = 0, i, rc;
     unsigned long chunk = 4000, count = 0, first_id = 0, width = 0, height = 0, v;
     int have_w = 0, have_h = 0;
@@ -134,10 +133,6 @@ int main(int argc, char **argv)
 
     sim_conn_defaults(&conn);
     memset(&cam, 0, sizeof cam);
-    files = (file_t *)calloc((size_t)argc, sizeof *files);
-    if (files == NULL) {
-        return EXIT_USAGE;
-    }
     for (i = 1; i < argc; i++) {
         const char *opt = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -306,8 +301,21 @@ int main(int argc, char **argv)
                (unsigned long)fchunk_crc32(f->data, f->len), f->width, f->height, f->path);
         fflush(stdout);
     }
-    rc = sim_shutdown(&client, avail_topic);
-    for (i = 0; i < nfiles; i++) {
+    return sim_shutdown(&client, avail_topic);
+}
+
+int main(int argc, char **argv)
+{
+    /* One slot per argument is always enough; the data buffers are freed
+     * here whatever path run() returned by. */
+    file_t *files = (file_t *)calloc((size_t)argc, sizeof *files);
+    int i, rc;
+    if (files == NULL) {
+        fprintf(stderr, "camsim: error: out of memory\n");
+        return EXIT_USAGE;
+    }
+    rc = run(argc, argv, files);
+    for (i = 0; i < argc; i++) {
         free(files[i].data);
     }
     free(files);

@@ -113,8 +113,8 @@ else unsub; bad "camsim QoS 0 exited $rc: $(cat "$work/err.txt")"; fi
 
 # 3. Whole frame (--chunk 0), larger than the 4 KiB client buffer, QoS 0 and 1.
 for q in 0 1; do
-    sub 'cameras/cam3/#'
-    if run "$sim/camsim" --port "$port" --id cam3 --qos $q --chunk 0 "$F3" "$F1"; then
+    sub "cameras/cam3q$q/#"
+    if run "$sim/camsim" --port "$port" --id cam3q$q --qos $q --chunk 0 "$F3" "$F1"; then
         unsub
         if $check "$work/dump.txt" --expect "$F3" "$F1" --availability online,offline >"$work/check.txt"; then
             ok "camsim --chunk 0 QoS $q: whole 255 KB frame in one publish"
@@ -187,17 +187,32 @@ set -e
 if [ $rc -eq 4 ]; then ok "connection refused: exit 4 ($(cat "$work/err.txt"))"
 else bad "connection refused: rc=$rc $(cat "$work/err.txt")"; fi
 
-python3 "$here/silent_broker.py" --lifetime 10 >"$work/silent.port" &
-silent=$!
-sleep 0.5
-set +e
-"$sim/camsim" --port "$(head -1 "$work/silent.port")" --id cam6 --qos 1 --timeout-ms 300 "$F1" \
-    >/dev/null 2>"$work/err.txt"
-rc=$?
-set -e
-kill $silent 2>/dev/null || true
-if [ $rc -eq 6 ] && grep -q "no PUBACK" "$work/err.txt"; then ok "PUBACK timeout: exit 6 ($(cat "$work/err.txt"))"
-else bad "PUBACK timeout: rc=$rc $(cat "$work/err.txt")"; fi
+# silent BROKER_ARGS -- CAMSIM_ARGS: camsim against silent_broker.py; sets rc
+# and leaves the broker's publish log in $work/silent.log.
+silent() {
+    local bargs=()
+    while [ "$1" != "--" ]; do bargs+=("$1"); shift; done
+    shift
+    python3 "$here/silent_broker.py" --lifetime 10 "${bargs[@]}" >"$work/silent.log" &
+    local bpid=$!
+    for _ in $(seq 50); do [ -s "$work/silent.log" ] && break; sleep 0.1; done
+    run "$sim/camsim" --port "$(head -1 "$work/silent.log")" "$@" || true
+    wait $bpid 2>/dev/null || true
+}
+
+# Availability is acked, chunk 0 never is: 3 attempts (DUP on the resends), exit 6.
+silent --ack-first 1 -- --id cam6 --qos 1 --timeout-ms 300 "$F1"
+attempts=$(grep -c 'topic=cameras/cam6/frame' "$work/silent.log" || true)
+dups=$(grep 'topic=cameras/cam6/frame' "$work/silent.log" | grep -c 'dup=1' || true)
+if [ $rc -eq 6 ] && grep -q "no PUBACK" "$work/err.txt" && [ "$attempts" = 3 ] && [ "$dups" = 2 ]; then
+    ok "PUBACK timeout: 3 attempts (2 with DUP), exit 6 ($(cat "$work/err.txt"))"
+else bad "PUBACK timeout: rc=$rc attempts=$attempts dups=$dups $(cat "$work/err.txt")"; fi
+
+# Every first copy is dropped, every DUP resend acked: the frame still gets through.
+silent --ack-first 1 --ack-dup -- --id cam6 --qos 1 --timeout-ms 200 "$F1"
+if [ $rc -eq 0 ] && [ "$(grep -c 'topic=cameras/cam6/frame.*' "$work/silent.log")" = 10 ]; then
+    ok "QoS 1 resend recovers lost PUBACKs: 5 chunks sent twice, exit 0"
+else bad "QoS 1 resend: rc=$rc $(cat "$work/err.txt")"; cat "$work/silent.log"; fi
 
 set +e
 "$sim/camsim" --port 1 --id cam7 /nonexistent.jpg >/dev/null 2>&1; rc1=$?
