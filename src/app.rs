@@ -118,17 +118,34 @@ impl App {
 
         let l = bind("mqtt.listen", cfg.mqtt.listen).await?;
         let mqtt = local_addr(&l, "mqtt.listen", cfg.mqtt.listen)?;
-        tasks.spawn(edge::accept_loop(l, Transport::Tcp, cfg.mqtt.max_connections, broker.clone(), tasks.clone()));
+        tasks.spawn(edge::accept_loop(
+            l,
+            Transport::Tcp,
+            cfg.mqtt.max_connections,
+            broker.clone(),
+            tasks.clone(),
+        ));
 
         let tls = if cfg.tls.enabled() {
-            let acceptor = edge::tls_acceptor(&cfg.tls.cert, &cfg.tls.key, &cfg.tls.client_ca, cfg.tls.require_client_cert)?;
+            let acceptor = edge::tls_acceptor(
+                &cfg.tls.cert,
+                &cfg.tls.key,
+                &cfg.tls.client_ca,
+                cfg.tls.require_client_cert,
+            )?;
             let l = bind("tls.listen", cfg.tls.listen).await?;
             let addr = local_addr(&l, "tls.listen", cfg.tls.listen)?;
             let t = Transport::Tls {
                 acceptor,
                 handshake_timeout: cfg.tls.handshake_timeout,
             };
-            tasks.spawn(edge::accept_loop(l, t, cfg.tls.max_connections, broker.clone(), tasks.clone()));
+            tasks.spawn(edge::accept_loop(
+                l,
+                t,
+                cfg.tls.max_connections,
+                broker.clone(),
+                tasks.clone(),
+            ));
             Some(addr)
         } else {
             None
@@ -140,7 +157,13 @@ impl App {
             let t = Transport::WebSocket {
                 handshake_timeout: cfg.ws.handshake_timeout,
             };
-            tasks.spawn(edge::accept_loop(l, t, cfg.ws.max_connections, broker.clone(), tasks.clone()));
+            tasks.spawn(edge::accept_loop(
+                l,
+                t,
+                cfg.ws.max_connections,
+                broker.clone(),
+                tasks.clone(),
+            ));
             Some(addr)
         } else {
             None
@@ -177,8 +200,13 @@ impl App {
     }
 }
 
-fn local_addr(l: &TcpListener, what: &'static str, addr: SocketAddr) -> Result<SocketAddr, AppError> {
-    l.local_addr().map_err(|source| AppError::Bind { what, addr, source })
+fn local_addr(
+    l: &TcpListener,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, AppError> {
+    l.local_addr()
+        .map_err(|source| AppError::Bind { what, addr, source })
 }
 
 impl Running {
@@ -187,7 +215,10 @@ impl Running {
     pub async fn shutdown(self) {
         self.broker.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown grace period elapsed with connections still open");
         }
     }

@@ -7,7 +7,11 @@ use moonwire::config::{Config, DEFAULTS};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "moonwire", version, about = "MQTT broker for home automation and security devices")]
+#[command(
+    name = "moonwire",
+    version,
+    about = "MQTT broker for home automation and security devices"
+)]
 struct Cli {
     /// TOML config file layered over the embedded defaults.
     #[arg(long, short, global = true)]
@@ -35,9 +39,12 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,rumqttd=warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig { print_defaults: true } => {
+        Command::CheckConfig {
+            print_defaults: true,
+        } => {
             print!("{DEFAULTS}");
             Ok(())
         }
@@ -73,13 +80,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

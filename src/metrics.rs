@@ -72,18 +72,64 @@ impl Metrics {
     pub fn render(&self, router_queue: usize) -> String {
         let mut out = String::with_capacity(2048);
         let mut gauge = |name: &str, help: &str, kind: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
         };
-        gauge("moonwire_connections", "Open client connections.", "gauge", self.connections.load(Relaxed));
-        gauge("moonwire_connections_total", "Client connections accepted since start.", "counter", self.connections_total.load(Relaxed) as i64);
-        gauge("moonwire_messages_in_total", "PUBLISH packets received from clients.", "counter", self.messages_in.load(Relaxed) as i64);
-        gauge("moonwire_messages_out_total", "PUBLISH packets sent to clients.", "counter", self.messages_out.load(Relaxed) as i64);
-        gauge("moonwire_bytes_in_total", "Bytes read from client sockets.", "counter", self.bytes_in.load(Relaxed) as i64);
-        gauge("moonwire_bytes_out_total", "Bytes written to client sockets.", "counter", self.bytes_out.load(Relaxed) as i64);
-        gauge("moonwire_router_queue_depth", "Events waiting in the router's input channel.", "gauge", router_queue as i64);
-        let _ = writeln!(out, "# HELP moonwire_drops_total Publishes and connections refused or lost, by reason.\n# TYPE moonwire_drops_total counter");
+        gauge(
+            "moonwire_connections",
+            "Open client connections.",
+            "gauge",
+            self.connections.load(Relaxed),
+        );
+        gauge(
+            "moonwire_connections_total",
+            "Client connections accepted since start.",
+            "counter",
+            self.connections_total.load(Relaxed) as i64,
+        );
+        gauge(
+            "moonwire_messages_in_total",
+            "PUBLISH packets received from clients.",
+            "counter",
+            self.messages_in.load(Relaxed) as i64,
+        );
+        gauge(
+            "moonwire_messages_out_total",
+            "PUBLISH packets sent to clients.",
+            "counter",
+            self.messages_out.load(Relaxed) as i64,
+        );
+        gauge(
+            "moonwire_bytes_in_total",
+            "Bytes read from client sockets.",
+            "counter",
+            self.bytes_in.load(Relaxed) as i64,
+        );
+        gauge(
+            "moonwire_bytes_out_total",
+            "Bytes written to client sockets.",
+            "counter",
+            self.bytes_out.load(Relaxed) as i64,
+        );
+        gauge(
+            "moonwire_router_queue_depth",
+            "Events waiting in the router's input channel.",
+            "gauge",
+            router_queue as i64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP moonwire_drops_total Publishes and connections refused or lost, by reason.\n# TYPE moonwire_drops_total counter"
+        );
         for r in DropReason::ALL {
-            let _ = writeln!(out, "moonwire_drops_total{{reason=\"{}\"}} {}", r.as_str(), self.drops(r));
+            let _ = writeln!(
+                out,
+                "moonwire_drops_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.drops(r)
+            );
         }
         out
     }
@@ -100,6 +146,9 @@ mod tests {
         let text = m.render(7);
         assert!(text.contains("moonwire_drops_total{reason=\"keepalive\"} 2"));
         assert!(text.contains("moonwire_router_queue_depth 7"));
-        assert_eq!(text.matches("moonwire_drops_total{").count(), DropReason::ALL.len());
+        assert_eq!(
+            text.matches("moonwire_drops_total{").count(),
+            DropReason::ALL.len()
+        );
     }
 }

@@ -16,19 +16,51 @@ async fn qos_0_1_2_round_trip_v311_and_v5() {
 
     let pub4 = v4::connect(v4::options(b.port(), "pub4")).await;
     let (pub5, _) = v5::connect(v5::options(b.port(), "pub5")).await;
-    for (i, qos) in [v4::QoS::AtMostOnce, v4::QoS::AtLeastOnce, v4::QoS::ExactlyOnce].into_iter().enumerate() {
-        pub4.client.publish(format!("t/v4/{i}"), qos, false, vec![i as u8; 3]).await.unwrap();
+    for (i, qos) in [
+        v4::QoS::AtMostOnce,
+        v4::QoS::AtLeastOnce,
+        v4::QoS::ExactlyOnce,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        pub4.client
+            .publish(format!("t/v4/{i}"), qos, false, vec![i as u8; 3])
+            .await
+            .unwrap();
     }
-    for (i, qos) in [v5::QoS::AtMostOnce, v5::QoS::AtLeastOnce, v5::QoS::ExactlyOnce].into_iter().enumerate() {
-        pub5.client.publish(format!("t/v5/{i}"), qos, false, vec![i as u8; 5]).await.unwrap();
+    for (i, qos) in [
+        v5::QoS::AtMostOnce,
+        v5::QoS::AtLeastOnce,
+        v5::QoS::ExactlyOnce,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        pub5.client
+            .publish(format!("t/v5/{i}"), qos, false, vec![i as u8; 5])
+            .await
+            .unwrap();
     }
     let mut got4 = Vec::new();
     let mut got5 = Vec::new();
     for _ in 0..6 {
-        let p = sub4.next_publish().await.expect("v4 subscriber gets all six");
-        got4.push((String::from_utf8(p.topic.into_bytes()).unwrap(), p.payload.len()));
-        let p = sub5.next_publish().await.expect("v5 subscriber gets all six");
-        got5.push((String::from_utf8(p.topic.to_vec()).unwrap(), p.payload.len()));
+        let p = sub4
+            .next_publish()
+            .await
+            .expect("v4 subscriber gets all six");
+        got4.push((
+            String::from_utf8(p.topic.into_bytes()).unwrap(),
+            p.payload.len(),
+        ));
+        let p = sub5
+            .next_publish()
+            .await
+            .expect("v5 subscriber gets all six");
+        got5.push((
+            String::from_utf8(p.topic.to_vec()).unwrap(),
+            p.payload.len(),
+        ));
     }
     got4.sort();
     got5.sort();
@@ -73,7 +105,12 @@ async fn qos2_resend_before_pubrel_is_delivered_once() {
     c.send(&raw::packet(0x62, &[0, 3])).await;
     assert_eq!(c.read(WAIT).await.unwrap().0, 0x70);
     assert!(sub.next_publish().await.is_some());
-    assert!(sub.next_publish_within(Duration::from_millis(500)).await.is_none(), "delivered twice");
+    assert!(
+        sub.next_publish_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "delivered twice"
+    );
     b.stop().await;
 }
 
@@ -84,7 +121,10 @@ async fn retained_messages_are_set_and_cleared() {
     p.publish_acked("home/door", true, "open").await;
     let mut s1 = v4::connect(v4::options(b.port(), "s1")).await;
     s1.subscribe("home/+", v4::QoS::AtLeastOnce).await;
-    let r = s1.next_publish().await.expect("retained delivered on subscribe");
+    let r = s1
+        .next_publish()
+        .await
+        .expect("retained delivered on subscribe");
     assert_eq!(&r.payload[..], b"open");
     assert!(r.retain);
     p.publish_acked("home/door", true, "").await;
@@ -92,7 +132,12 @@ async fn retained_messages_are_set_and_cleared() {
     let _ = s1.next_publish().await;
     let mut s2 = v4::connect(v4::options(b.port(), "s2")).await;
     s2.subscribe("home/+", v4::QoS::AtLeastOnce).await;
-    assert!(s2.next_publish_within(Duration::from_millis(700)).await.is_none(), "cleared retained message still delivered");
+    assert!(
+        s2.next_publish_within(Duration::from_millis(700))
+            .await
+            .is_none(),
+        "cleared retained message still delivered"
+    );
     b.stop().await;
 }
 
@@ -103,19 +148,41 @@ async fn will_fires_on_abnormal_close_but_not_on_disconnect() {
     sub.subscribe("wills/#", v4::QoS::AtLeastOnce).await;
 
     let mut c = raw::Conn::open(b.mqtt).await;
-    c.send(&raw::connect_with(4, "dies", 30, true, Some(("wills/dies", b"gone")))).await;
+    c.send(&raw::connect_with(
+        4,
+        "dies",
+        30,
+        true,
+        Some(("wills/dies", b"gone")),
+    ))
+    .await;
     c.read(WAIT).await.unwrap();
     drop(c);
-    let w = sub.next_publish().await.expect("will published on abnormal close");
+    let w = sub
+        .next_publish()
+        .await
+        .expect("will published on abnormal close");
     assert_eq!(&w.topic, "wills/dies");
     assert_eq!(&w.payload[..], b"gone");
 
     let mut c = raw::Conn::open(b.mqtt).await;
-    c.send(&raw::connect_with(4, "polite", 30, true, Some(("wills/polite", b"gone")))).await;
+    c.send(&raw::connect_with(
+        4,
+        "polite",
+        30,
+        true,
+        Some(("wills/polite", b"gone")),
+    ))
+    .await;
     c.read(WAIT).await.unwrap();
     c.send(&[0xE0, 0x00]).await;
     assert!(c.closed_within(WAIT).await);
-    assert!(sub.next_publish_within(Duration::from_millis(700)).await.is_none(), "will fired after DISCONNECT");
+    assert!(
+        sub.next_publish_within(Duration::from_millis(700))
+            .await
+            .is_none(),
+        "will fired after DISCONNECT"
+    );
     b.stop().await;
 }
 
@@ -142,10 +209,18 @@ async fn v5_will_delay_is_cancelled_by_reconnect() {
     // Back within the delay: no will.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (c2, _) = v5::connect(o).await;
-    assert!(sub.next_publish_within(Duration::from_millis(1500)).await.is_none(), "will fired despite reconnect");
+    assert!(
+        sub.next_publish_within(Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "will fired despite reconnect"
+    );
     c2.task.abort();
     drop(c2);
-    let w = sub.next_publish_within(Duration::from_secs(4)).await.expect("will after the delay");
+    let w = sub
+        .next_publish_within(Duration::from_secs(4))
+        .await
+        .expect("will after the delay");
     assert_eq!(&w.topic, "wills/delayed");
     b.stop().await;
 }
@@ -191,14 +266,24 @@ async fn takeover_closes_the_old_connection() {
     let mut sub = v4::connect(v4::options(b.port(), "watcher")).await;
     sub.subscribe("wills/#", v4::QoS::AtLeastOnce).await;
     let mut old = raw::Conn::open(b.mqtt).await;
-    old.send(&raw::connect_with(5, "dup", 30, true, Some(("wills/dup", b"taken")))).await;
+    old.send(&raw::connect_with(
+        5,
+        "dup",
+        30,
+        true,
+        Some(("wills/dup", b"taken")),
+    ))
+    .await;
     assert_eq!(old.read(WAIT).await.unwrap().0, 0x20);
     let (mut new, _) = v5::connect(v5::options(b.port(), "dup")).await;
     let (first, body) = old.read(WAIT).await.expect("DISCONNECT to the old session");
     assert_eq!(first, 0xE0);
     assert_eq!(body[0], 0x8E, "session taken over");
     assert!(old.closed_within(WAIT).await);
-    let w = sub.next_publish().await.expect("will of the taken-over session");
+    let w = sub
+        .next_publish()
+        .await
+        .expect("will of the taken-over session");
     assert_eq!(&w.payload[..], b"taken");
     // The new session works.
     new.subscribe("x", v5::QoS::AtMostOnce).await;
@@ -212,11 +297,20 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     c.send(&raw::connect(5, "sleepy", 1)).await;
     c.read(WAIT).await.unwrap();
     let start = std::time::Instant::now();
-    let (first, body) = c.read(Duration::from_secs(4)).await.expect("DISCONNECT on keep alive");
+    let (first, body) = c
+        .read(Duration::from_secs(4))
+        .await
+        .expect("DISCONNECT on keep alive");
     let waited = start.elapsed();
     assert_eq!((first, body[0]), (0xE0, 0x8D));
-    assert!(waited >= Duration::from_millis(1400), "closed too early: {waited:?}");
-    assert!(waited < Duration::from_millis(3000), "closed too late: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(3000),
+        "closed too late: {waited:?}"
+    );
 
     // PINGREQ keeps a connection alive; keep alive 0 disables the check.
     let mut c = raw::Conn::open(b.mqtt).await;
@@ -233,7 +327,10 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     z.read(WAIT).await.unwrap();
     assert!(!z.closed_within(Duration::from_secs(2)).await);
     let m = b.metrics().await;
-    assert!(m.contains("moonwire_drops_total{reason=\"keepalive\"} 1"), "{m}");
+    assert!(
+        m.contains("moonwire_drops_total{reason=\"keepalive\"} 1"),
+        "{m}"
+    );
     b.stop().await;
 }
 
@@ -241,12 +338,19 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
 async fn empty_client_id_is_assigned_or_refused() {
     let b = TestBroker::start().await;
     let (_c, ack) = v5::connect(v5::options(b.port(), "")).await;
-    let id = ack.properties.and_then(|p| p.assigned_client_identifier).expect("assigned id");
+    let id = ack
+        .properties
+        .and_then(|p| p.assigned_client_identifier)
+        .expect("assigned id");
     assert!(id.starts_with("mw-"));
 
     let mut c = raw::Conn::open(b.mqtt).await;
     c.send(&raw::connect_with(4, "", 30, false, None)).await;
-    assert_eq!(c.read(WAIT).await.unwrap(), (0x20, vec![0, 2]), "identifier rejected");
+    assert_eq!(
+        c.read(WAIT).await.unwrap(),
+        (0x20, vec![0, 2]),
+        "identifier rejected"
+    );
     b.stop().await;
 }
 
@@ -285,8 +389,14 @@ async fn dollar_topics_do_not_match_leading_wildcards() {
     let mut s = v4::connect(v4::options(b.port(), "s")).await;
     s.subscribe("#", v4::QoS::AtMostOnce).await;
     let p = v4::connect(v4::options(b.port(), "p")).await;
-    p.client.publish("$internal/x", v4::QoS::AtMostOnce, false, "no").await.unwrap();
-    p.client.publish("plain", v4::QoS::AtMostOnce, false, "yes").await.unwrap();
+    p.client
+        .publish("$internal/x", v4::QoS::AtMostOnce, false, "no")
+        .await
+        .unwrap();
+    p.client
+        .publish("plain", v4::QoS::AtMostOnce, false, "yes")
+        .await
+        .unwrap();
     let got = s.next_publish().await.unwrap();
     assert_eq!(&got.topic, "plain");
     b.stop().await;
@@ -311,7 +421,10 @@ async fn unsubscribe_stops_delivery_and_reports_unknown_filters() {
     assert_eq!(first, 0xB0);
     assert_eq!(&body[..], &[0, 2, 0, 0x00, 0x11]);
     let p = v4::connect(v4::options(b.port(), "p")).await;
-    p.client.publish("a/b", v4::QoS::AtMostOnce, false, "x").await.unwrap();
+    p.client
+        .publish("a/b", v4::QoS::AtMostOnce, false, "x")
+        .await
+        .unwrap();
     assert!(c.read(Duration::from_millis(500)).await.is_none());
     b.stop().await;
 }
@@ -331,7 +444,10 @@ async fn v311_subscriber_never_sees_v5_properties() {
         .publish_with_properties("props", v5::QoS::AtLeastOnce, false, "{}", props)
         .await
         .unwrap();
-    let got = s.next_publish().await.expect("v3.1.1 subscriber gets the message");
+    let got = s
+        .next_publish()
+        .await
+        .expect("v3.1.1 subscriber gets the message");
     assert_eq!(&got.payload[..], b"{}");
     // And a v5 subscriber sees the properties.
     let (mut s5, _) = v5::connect(v5::options(b.port(), "new-sub")).await;
@@ -340,8 +456,14 @@ async fn v311_subscriber_never_sees_v5_properties() {
         content_type: Some("text/plain".into()),
         ..Default::default()
     };
-    p.client.publish_with_properties("props5", v5::QoS::AtLeastOnce, false, "hi", props).await.unwrap();
+    p.client
+        .publish_with_properties("props5", v5::QoS::AtLeastOnce, false, "hi", props)
+        .await
+        .unwrap();
     let got = s5.next_publish().await.unwrap();
-    assert_eq!(got.properties.and_then(|p| p.content_type).as_deref(), Some("text/plain"));
+    assert_eq!(
+        got.properties.and_then(|p| p.content_type).as_deref(),
+        Some("text/plain")
+    );
     b.stop().await;
 }

@@ -229,7 +229,11 @@ mod tests {
     fn env_overrides_file_and_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("m.toml");
-        std::fs::write(&file, "[mqtt]\nlisten = \"127.0.0.1:1999\"\n[limits]\nmax_packet_size = \"2MiB\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[mqtt]\nlisten = \"127.0.0.1:1999\"\n[limits]\nmax_packet_size = \"2MiB\"\n",
+        )
+        .unwrap();
         let cfg = Config::load_with_env(
             Some(&file),
             env(&[("MOONWIRE__MQTT__LISTEN", "0.0.0.0:2883")]),
@@ -253,17 +257,18 @@ mod tests {
         let err = Config::load_with_env(None, env(&[("MOONWIRE__LIMITS__MAX_PACKET_SIZE", "10")]))
             .unwrap_err();
         assert!(err.to_string().contains("limits.max_packet_size"), "{err}");
-        let err = Config::load_with_env(None, env(&[("MOONWIRE__MQTT__LISTEN", "nowhere")]))
-            .unwrap_err();
+        let err =
+            Config::load_with_env(None, env(&[("MOONWIRE__MQTT__LISTEN", "nowhere")])).unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
-        let err = Config::load_with_env(None, env(&[("MOONWIRE__TLS__CERT", "a.pem")])).unwrap_err();
+        let err =
+            Config::load_with_env(None, env(&[("MOONWIRE__TLS__CERT", "a.pem")])).unwrap_err();
         assert!(err.to_string().contains("tls.cert"), "{err}");
     }
 
     #[test]
     fn missing_file_names_the_path() {
-        let err = Config::load_with_env(Some(Path::new("/nonexistent/m.toml")), env(&[]))
-            .unwrap_err();
+        let err =
+            Config::load_with_env(Some(Path::new("/nonexistent/m.toml")), env(&[])).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/m.toml"), "{err}");
     }
 }

@@ -101,7 +101,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, transport: Transport, broke
                 Err(_) => handshake_failed(&broker, peer, "tls", "handshake timed out"),
             }
         }
-        Transport::WebSocket { handshake_timeout } => serve_ws(stream, peer, handshake_timeout, broker).await,
+        Transport::WebSocket { handshake_timeout } => {
+            serve_ws(stream, peer, handshake_timeout, broker).await
+        }
     }
 }
 

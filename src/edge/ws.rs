@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Accepts the WebSocket handshake, choosing the `mqtt` subprotocol when offered.
+// The callback's error type is tungstenite's HTTP error response, which we never build.
+#[allow(clippy::result_large_err)]
 pub async fn accept<S>(stream: S) -> Result<WsIo<S>, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -24,20 +26,19 @@ where
             .get("sec-websocket-protocol")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if let Some(p) = offered
+        let chosen = offered
             .split(',')
             .map(str::trim)
-            .find(|p| p.eq_ignore_ascii_case("mqtt") || p.eq_ignore_ascii_case("mqttv3.1"))
-        {
-            if let Ok(v) = HeaderValue::from_str(p) {
-                resp.headers_mut().insert("sec-websocket-protocol", v);
-            }
+            .find(|p| p.eq_ignore_ascii_case("mqtt") || p.eq_ignore_ascii_case("mqttv3.1"));
+        if let Some(v) = chosen.and_then(|p| HeaderValue::from_str(p).ok()) {
+            resp.headers_mut().insert("sec-websocket-protocol", v);
         }
         Ok(resp)
     };
     // Frames are bounded by the MQTT packet limit enforced above this layer; cap messages too.
     let config = WebSocketConfig::default().max_message_size(Some(64 << 20));
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
     Ok(WsIo {
         ws,
         pending: Bytes::new(),
@@ -55,7 +56,11 @@ fn to_io(e: WsError) -> io::Error {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             if !self.pending.is_empty() {
                 let n = self.pending.len().min(buf.remaining());
@@ -68,7 +73,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
                 Some(Ok(Message::Binary(b))) => self.pending = b,
                 // Pings are answered by tungstenite; text frames are not MQTT.
                 Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "text frame on MQTT WebSocket")));
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "text frame on MQTT WebSocket",
+                    )));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
@@ -78,7 +86,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(to_io)?;
         Pin::new(&mut self.ws)
             .start_send(Message::Binary(Bytes::copy_from_slice(buf)))

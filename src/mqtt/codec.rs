@@ -50,7 +50,9 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, CodecError> {
             return Ok(Some((byte1, 2 + i, len)));
         }
     }
-    Err(CodecError::Malformed("remaining length longer than 4 bytes".into()))
+    Err(CodecError::Malformed(
+        "remaining length longer than 4 bytes".into(),
+    ))
 }
 
 /// Reads the protocol level of a CONNECT at the start of `buf`, once enough bytes arrived.
@@ -137,9 +139,11 @@ impl Codec {
             return Ok(None);
         }
         let publish_meta = if kind == 3 {
-            Some(crate::router::peek_publish(&buf[..wire_len]).ok_or_else(|| {
-                CodecError::Malformed("PUBLISH too short for its packet id".into())
-            })?)
+            Some(
+                crate::router::peek_publish(&buf[..wire_len]).ok_or_else(|| {
+                    CodecError::Malformed("PUBLISH too short for its packet id".into())
+                })?,
+            )
         } else {
             None
         };
@@ -191,16 +195,27 @@ mod tests {
     use super::*;
 
     fn connect_bytes(level: u8) -> Vec<u8> {
-        let mut v = vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', level, 2, 0, 60, 0, 0];
+        let mut v = vec![
+            0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', level, 2, 0, 60, 0, 0,
+        ];
         v[1] = (v.len() - 2) as u8;
         v
     }
 
     #[test]
     fn detects_versions() {
-        assert_eq!(detect_version(&connect_bytes(4), 1024), Ok(Some(Version::V311)));
-        assert_eq!(detect_version(&connect_bytes(5), 1024), Ok(Some(Version::V5)));
-        assert_eq!(detect_version(&connect_bytes(3), 1024), Err(CodecError::UnsupportedVersion(3)));
+        assert_eq!(
+            detect_version(&connect_bytes(4), 1024),
+            Ok(Some(Version::V311))
+        );
+        assert_eq!(
+            detect_version(&connect_bytes(5), 1024),
+            Ok(Some(Version::V5))
+        );
+        assert_eq!(
+            detect_version(&connect_bytes(3), 1024),
+            Err(CodecError::UnsupportedVersion(3))
+        );
         assert_eq!(detect_version(&connect_bytes(4)[..5], 1024), Ok(None));
         assert!(detect_version(b"GET / HTTP/1.1\r\n", 1024).is_err());
     }
@@ -210,9 +225,15 @@ mod tests {
         let codec = Codec::new(Version::V311, 1 << 20);
         // PUBLISH claiming 256 MB.
         let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0xFF, 0xFF, 0x7F][..]);
-        assert!(matches!(codec.decode(&mut buf), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::TooLarge { .. })
+        ));
         let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0xFF, 0xFF, 0xFF, 0x01][..]);
-        assert!(matches!(codec.decode(&mut buf), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -29,7 +29,10 @@ impl Internal {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Internal, RouterError> {
-        let mut link = router.connect(INTERNAL_CLIENT_ID.to_string(), true).await?.link;
+        let mut link = router
+            .connect(INTERNAL_CLIENT_ID.to_string(), true)
+            .await?
+            .link;
         let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
         tokio::spawn(async move {
             let mut batch = VecDeque::new();

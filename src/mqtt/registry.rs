@@ -101,12 +101,19 @@ impl Registry {
     pub fn restore_filters(&self, client_id: &str, clean: bool) -> HashSet<String> {
         let mut inner = self.inner.lock();
         let saved = inner.saved.remove(client_id);
-        if clean { HashSet::new() } else { saved.unwrap_or_default() }
+        if clean {
+            HashSet::new()
+        } else {
+            saved.unwrap_or_default()
+        }
     }
 
     /// Keeps the filters of a persistent session while it is offline.
     pub fn save_filters(&self, client_id: &str, filters: HashSet<String>) {
-        self.inner.lock().saved.insert(client_id.to_string(), filters);
+        self.inner
+            .lock()
+            .saved
+            .insert(client_id.to_string(), filters);
     }
 
     /// Records a delayed will so a reconnect can cancel it.

@@ -234,7 +234,13 @@ async fn run_connected<R, W>(
     if connect.client_id.is_empty() {
         if !connect.clean_session {
             let code = ConnectReturnCode::ClientIdentifierNotValid;
-            let _ = refuse_connect(&mut io, &codec, refuse(code), "empty client id needs clean start").await;
+            let _ = refuse_connect(
+                &mut io,
+                &codec,
+                refuse(code),
+                "empty client id needs clean start",
+            )
+            .await;
             return;
         }
         connect.client_id = format!("mw-{:016x}", rand::random::<u64>());
@@ -261,13 +267,25 @@ async fn run_connected<R, W>(
         } else {
             ConnectReturnCode::ServiceUnavailable
         };
-        let _ = refuse_connect(&mut io, &codec, refuse(code), "server connection limit reached").await;
+        let _ = refuse_connect(
+            &mut io,
+            &codec,
+            refuse(code),
+            "server connection limit reached",
+        )
+        .await;
         return;
     }
     let client_id = connect.client_id.clone();
     let registration = broker.registry.register(&client_id, TAKEOVER_WAIT).await;
-    let filters = broker.registry.restore_filters(&client_id, connect.clean_session);
-    let connected = match broker.router.connect(client_id.clone(), connect.clean_session).await {
+    let filters = broker
+        .registry
+        .restore_filters(&client_id, connect.clean_session);
+    let connected = match broker
+        .router
+        .connect(client_id.clone(), connect.clean_session)
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, client_id, error = %e, "router refused connection");
@@ -278,7 +296,13 @@ async fn run_connected<R, W>(
             } else {
                 ConnectReturnCode::ServiceUnavailable
             };
-            let _ = refuse_connect(&mut io, &codec, refuse(code), "router refused the connection").await;
+            let _ = refuse_connect(
+                &mut io,
+                &codec,
+                refuse(code),
+                "router refused the connection",
+            )
+            .await;
             return;
         }
     };
@@ -328,7 +352,10 @@ async fn run_connected<R, W>(
     broker.metrics.connections_total.fetch_add(1, Relaxed);
     tracing::debug!(%peer, client_id, version = ?session.codec.version, "client connected");
 
-    let result = match session.codec.encode(Packet::ConnAck(ack, ack_props), &mut session.io.wbuf) {
+    let result = match session
+        .codec
+        .encode(Packet::ConnAck(ack, ack_props), &mut session.io.wbuf)
+    {
         Ok(_) => match session.io.flush().await {
             Ok(_) => session.run(&mut link, registration.kicked).await,
             Err(e) => Err(e),
@@ -427,7 +454,10 @@ where
                 break;
             }
         }
-        self.broker.metrics.messages_in.fetch_add(publishes, Relaxed);
+        self.broker
+            .metrics
+            .messages_in
+            .fetch_add(publishes, Relaxed);
         // Whatever was accepted before an error still reaches the router and gets its ack.
         link.send_batch(&mut self.to_router).await?;
         for ack in self.acks.drain(..) {
@@ -500,13 +530,19 @@ where
             return Err(SessionError::TopicInvalid("empty"));
         }
         if topic.contains(['+', '#', '\0']) {
-            return Err(SessionError::TopicInvalid("wildcards or NUL in a topic name"));
+            return Err(SessionError::TopicInvalid(
+                "wildcards or NUL in a topic name",
+            ));
         }
         if topic.len() > self.broker.limits.max_topic_length {
-            return Err(SessionError::TopicInvalid("longer than limits.max_topic_length"));
+            return Err(SessionError::TopicInvalid(
+                "longer than limits.max_topic_length",
+            ));
         }
         if topic.split('/').count() > self.broker.limits.max_topic_levels {
-            return Err(SessionError::TopicInvalid("deeper than limits.max_topic_levels"));
+            return Err(SessionError::TopicInvalid(
+                "deeper than limits.max_topic_levels",
+            ));
         }
         Ok(())
     }
@@ -557,8 +593,15 @@ where
             }
         } else {
             // Fast path: no stage cares. One copy detaches the message from the read buffer.
-            let p = build_publish(topic_str, &publish.payload, QoS::AtMostOnce, publish.retain, 0);
-            self.to_router.push_back(Packet::Publish(p, props.map(strip_alias)));
+            let p = build_publish(
+                topic_str,
+                &publish.payload,
+                QoS::AtMostOnce,
+                publish.retain,
+                0,
+            );
+            self.to_router
+                .push_back(Packet::Publish(p, props.map(strip_alias)));
             (true, None)
         };
         let _ = routed;
@@ -637,21 +680,28 @@ where
         let mut codes: Vec<Option<SubscribeReasonCode>> = Vec::with_capacity(sub.filters.len());
         let mut accepted = Vec::with_capacity(sub.filters.len());
         let v5 = self.codec.version == Version::V5;
-        let fail = |v5_code| if v5 { v5_code } else { SubscribeReasonCode::Failure };
+        let fail = |v5_code| {
+            if v5 {
+                v5_code
+            } else {
+                SubscribeReasonCode::Failure
+            }
+        };
         for f in sub.filters.drain(..) {
             let new = !self.filters.contains(&f.path);
-            let code = if !valid_filter(&f.path) || f.path.len() > self.broker.limits.max_topic_length {
-                Some(fail(SubscribeReasonCode::TopicFilterInvalid))
-            } else if f.path.starts_with('$') && !f.path.starts_with("$share/") {
-                // No `$` topics are served yet, and the router refuses such filters.
-                Some(fail(SubscribeReasonCode::TopicFilterInvalid))
-            } else if f.path.starts_with("$share/") && !valid_shared(&f.path) {
-                Some(fail(SubscribeReasonCode::TopicFilterInvalid))
-            } else if new && self.filters.len() >= self.broker.limits.max_subscriptions {
-                Some(fail(SubscribeReasonCode::QuotaExceeded))
-            } else {
-                None
-            };
+            let code =
+                if !valid_filter(&f.path) || f.path.len() > self.broker.limits.max_topic_length {
+                    Some(fail(SubscribeReasonCode::TopicFilterInvalid))
+                } else if f.path.starts_with('$') && !f.path.starts_with("$share/") {
+                    // No `$` topics are served yet, and the router refuses such filters.
+                    Some(fail(SubscribeReasonCode::TopicFilterInvalid))
+                } else if f.path.starts_with("$share/") && !valid_shared(&f.path) {
+                    Some(fail(SubscribeReasonCode::TopicFilterInvalid))
+                } else if new && self.filters.len() >= self.broker.limits.max_subscriptions {
+                    Some(fail(SubscribeReasonCode::QuotaExceeded))
+                } else {
+                    None
+                };
             if code.is_none() {
                 self.filters.insert(f.path.clone());
                 accepted.push(f);
@@ -660,7 +710,13 @@ where
         }
         if accepted.is_empty() {
             let return_codes = codes.into_iter().flatten().collect();
-            self.acks.push(Packet::SubAck(SubAck { pkid: sub.pkid, return_codes }, None));
+            self.acks.push(Packet::SubAck(
+                SubAck {
+                    pkid: sub.pkid,
+                    return_codes,
+                },
+                None,
+            ));
             return;
         }
         if codes.iter().any(Option::is_some) {
@@ -682,15 +738,21 @@ where
             }
         }
         if expected == 0 {
-            self.acks.push(unsuback(unsub.pkid, reasons, self.codec.version));
+            self.acks
+                .push(unsuback(unsub.pkid, reasons, self.codec.version));
             return;
         }
         // The router acks each filter it removed, and only those; answer after the last.
-        self.pending_unsuback.insert(unsub.pkid, (expected, reasons));
+        self.pending_unsuback
+            .insert(unsub.pkid, (expected, reasons));
         self.to_router.push_back(Packet::Unsubscribe(unsub, props));
     }
 
-    async fn handle_outgoing(&mut self, link: &mut Link, first: Outbound) -> Result<(), SessionError> {
+    async fn handle_outgoing(
+        &mut self,
+        link: &mut Link,
+        first: Outbound,
+    ) -> Result<(), SessionError> {
         let mut next = Some(first);
         let mut unscheduled = false;
         let mut written = 0;
@@ -720,7 +782,10 @@ where
                 next = link.try_recv()?;
             }
         }
-        self.broker.metrics.messages_out.fetch_add(publishes, Relaxed);
+        self.broker
+            .metrics
+            .messages_out
+            .fetch_add(publishes, Relaxed);
         let n = self.io.flush().await?;
         self.broker.metrics.bytes_out.fetch_add(n as u64, Relaxed);
         if unscheduled {
@@ -737,7 +802,10 @@ where
                     let mut routed = ack.return_codes.into_iter();
                     ack.return_codes = codes
                         .into_iter()
-                        .map(|c| c.or_else(|| routed.next()).unwrap_or(SubscribeReasonCode::Failure))
+                        .map(|c| {
+                            c.or_else(|| routed.next())
+                                .unwrap_or(SubscribeReasonCode::Failure)
+                        })
                         .collect();
                 }
                 Some(Packet::SubAck(ack, props))
@@ -752,7 +820,9 @@ where
                 Some(unsuback(ack.pkid, reasons, self.codec.version))
             }
             // Acks for client publishes and pings are the edge's job (see module docs).
-            Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) | Packet::PingResp(_) => None,
+            Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) | Packet::PingResp(_) => {
+                None
+            }
             other => Some(other),
         }
     }
@@ -766,8 +836,12 @@ where
             SessionError::TakenOver => (Some(DisconnectReasonCode::SessionTakenOver), true),
             SessionError::KeepAlive => (Some(DisconnectReasonCode::KeepAliveTimeout), true),
             SessionError::ClientDisconnect { with_will } => (None, *with_will),
-            SessionError::Codec(CodecError::TooLarge { .. }) => (Some(DisconnectReasonCode::PacketTooLarge), true),
-            SessionError::Codec(CodecError::Auth) => (Some(DisconnectReasonCode::ProtocolError), true),
+            SessionError::Codec(CodecError::TooLarge { .. }) => {
+                (Some(DisconnectReasonCode::PacketTooLarge), true)
+            }
+            SessionError::Codec(CodecError::Auth) => {
+                (Some(DisconnectReasonCode::ProtocolError), true)
+            }
             SessionError::Codec(_) => (Some(DisconnectReasonCode::MalformedPacket), true),
             SessionError::Protocol(_) => (Some(DisconnectReasonCode::ProtocolError), true),
             SessionError::TopicInvalid(_) => (Some(DisconnectReasonCode::TopicNameInvalid), true),
@@ -781,9 +855,10 @@ where
                 user_properties: vec![],
                 server_reference: None,
             });
-            let _ = self
-                .codec
-                .encode(Packet::Disconnect(Disconnect { reason_code: code }, props), &mut self.io.wbuf);
+            let _ = self.codec.encode(
+                Packet::Disconnect(Disconnect { reason_code: code }, props),
+                &mut self.io.wbuf,
+            );
             let _ = tokio::time::timeout(Duration::from_secs(1), self.io.flush()).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.writer.shutdown()).await;

@@ -46,7 +46,10 @@ impl Stage for TopicBudgets {
         match self.budget(&msg.topic) {
             Some(b) if msg.payload.len() > b => Step::Now(Verdict::Drop {
                 code: DropCode::PacketTooLarge,
-                reason: format!("payload of {} bytes exceeds the {b}-byte budget of this topic", msg.payload.len()),
+                reason: format!(
+                    "payload of {} bytes exceeds the {b}-byte budget of this topic",
+                    msg.payload.len()
+                ),
             }),
             _ => Step::Now(Verdict::Pass),
         }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 /// What a stage returns: most stages decide synchronously; a stage that must wait (a Lua
 /// worker, the media pool) returns a boxed future.
+#[allow(clippy::large_enum_variant)]
 pub enum Step {
     Now(Verdict),
     Later(Pin<Box<dyn Future<Output = Verdict> + Send>>),
@@ -39,6 +40,7 @@ pub trait Tap: Send + Sync + 'static {
 }
 
 /// The outcome of the whole pipeline for one message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Route this message (possibly modified).
@@ -220,7 +222,13 @@ mod tests {
         let p = Pipeline::new().with_stage(Arc::new(DropAll));
         assert!(p.wants("x/1", 1));
         assert!(!p.wants("y/1", 1));
-        assert!(matches!(p.process(msg("x/1")).await, Outcome::Drop { code: DropCode::QuotaExceeded, .. }));
+        assert!(matches!(
+            p.process(msg("x/1")).await,
+            Outcome::Drop {
+                code: DropCode::QuotaExceeded,
+                ..
+            }
+        ));
         assert_eq!(p.process(msg("y/1")).await, Outcome::Route(msg("y/1")));
     }
 }

@@ -57,7 +57,7 @@ pub struct RouterSettings {
 }
 
 type Factory =
-    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), RouterError> + Send + Sync;
 
 /// Handle to the running router thread. Cheap to clone.
 #[derive(Clone)]
@@ -96,6 +96,7 @@ impl Router {
                     .clean_session(clean)
                     .topic_alias_max(0)
                     .build()
+                    .map_err(RouterError::from)
             }),
             is_full: Arc::new(move || full_tx.is_full()),
             depth: Arc::new(move || depth_tx.len()),
@@ -140,6 +141,7 @@ impl Router {
 }
 
 /// What the router sends a connection.
+#[allow(clippy::large_enum_variant)]
 pub enum Outbound {
     /// A packet to write to the client (publishes, acks, disconnect).
     Packet(Packet),
@@ -235,7 +237,10 @@ pub fn peek_publish(frame: &[u8]) -> Option<(QoS, u16)> {
     }
     let topic_len = u16::from_be_bytes([*frame.get(i)?, *frame.get(i + 1)?]) as usize;
     let at = i + 2 + topic_len;
-    Some((qos, u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?])))
+    Some((
+        qos,
+        u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]),
+    ))
 }
 
 /// Copies topic and payload into one exact-size allocation, so a routed message does not pin
@@ -277,6 +282,7 @@ pub type PublishProps = PublishProperties;
 
 #[cfg(test)]
 mod tests {
+    use super::protocol::Protocol;
     use super::*;
 
     #[test]
@@ -287,7 +293,9 @@ mod tests {
         assert!(p.retain);
         assert_eq!(publish_qos(&p), QoS::AtLeastOnce);
         let mut wire = BytesMut::new();
-        protocol::V4.write(Packet::Publish(p, None), &mut wire).unwrap();
+        protocol::V4
+            .write(Packet::Publish(p, None), &mut wire)
+            .unwrap();
         assert_eq!(peek_publish(&wire), Some((QoS::AtLeastOnce, 42)));
     }
 

@@ -1,6 +1,6 @@
 //! Test harness: the real broker in-process on ephemeral ports, real MQTT clients (rumqttc v4
 //! and v5), and a raw-packet client for what well-behaved libraries won't send.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use moonwire::app::{App, Running};
 use moonwire::config::Config;
@@ -82,10 +82,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -144,8 +150,16 @@ pub mod v4 {
         }
 
         /// Publishes at QoS 1 and waits for the PUBACK, so the broker has taken it.
-        pub async fn publish_acked(&mut self, topic: &str, retain: bool, payload: impl Into<Vec<u8>>) {
-            self.client.publish(topic, QoS::AtLeastOnce, retain, payload.into()).await.unwrap();
+        pub async fn publish_acked(
+            &mut self,
+            topic: &str,
+            retain: bool,
+            payload: impl Into<Vec<u8>>,
+        ) {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, retain, payload.into())
+                .await
+                .unwrap();
             loop {
                 match self.next().await {
                     Some(Packet::PubAck(_)) => return,
@@ -157,7 +171,10 @@ pub mod v4 {
 
         /// Next packet within the wait time.
         pub async fn next(&mut self) -> Option<Packet> {
-            tokio::time::timeout(WAIT, self.rx.recv()).await.ok().flatten()
+            tokio::time::timeout(WAIT, self.rx.recv())
+                .await
+                .ok()
+                .flatten()
         }
 
         pub async fn next_publish(&mut self) -> Option<Publish> {
@@ -234,7 +251,10 @@ pub mod v5 {
         }
 
         pub async fn next(&mut self) -> Option<Packet> {
-            tokio::time::timeout(WAIT, self.rx.recv()).await.ok().flatten()
+            tokio::time::timeout(WAIT, self.rx.recv())
+                .await
+                .ok()
+                .flatten()
         }
 
         pub async fn next_publish(&mut self) -> Option<Publish> {
@@ -286,7 +306,13 @@ pub mod raw {
     }
 
     /// CONNECT with an optional QoS 0 will (topic, payload).
-    pub fn connect_with(level: u8, client_id: &str, keep_alive: u16, clean: bool, will: Option<(&str, &[u8])>) -> Vec<u8> {
+    pub fn connect_with(
+        level: u8,
+        client_id: &str,
+        keep_alive: u16,
+        clean: bool,
+        will: Option<(&str, &[u8])>,
+    ) -> Vec<u8> {
         let mut body = Vec::new();
         string(b"MQTT", &mut body);
         body.push(level);
