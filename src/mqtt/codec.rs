@@ -160,7 +160,10 @@ impl Codec {
                 publish_meta,
                 wire_len,
             })),
-            Ok(Err(protocol::Error::InsufficientBytes(_))) => Ok(None),
+            // The whole frame was present, so a body that wants more bytes is malformed.
+            Ok(Err(protocol::Error::InsufficientBytes(_))) => {
+                Err(CodecError::Malformed("packet body shorter than its fields".into()))
+            }
             Ok(Err(e)) => Err(CodecError::Malformed(e.to_string())),
             Err(_) => Err(CodecError::Malformed("undecodable packet".into())),
         }
