@@ -106,8 +106,8 @@ class Link:
                                config.MQTT_USER, config.MQTT_PASSWORD,
                                keepalive=config.MQTT_KEEPALIVE_S, ssl=tls_context())
                 c.set_last_will(self.avail, "offline", retain=True, qos=1)
+                self.client = c  # before connect(), so drop() closes a half-open socket
                 c.connect()
-                self.client = c
                 self.publish(self.avail, "online", retain=True, qos=1)
                 self.backoff = config.BACKOFF_MIN_S
                 print("mqtt: connected to %s:%d" % (config.MQTT_HOST, config.MQTT_PORT))
@@ -139,7 +139,7 @@ class Link:
         c.publish(t, msg, retain, qos)
 
     def keepalive(self):
-        """Call while idle; pings at half the keepalive."""
+        """PINGREQ, and read any PINGRESP so they do not pile up unread."""
         if self.client is not None:
             self.client.ping()
             self.client.check_msg()  # drain the PINGRESP

@@ -10,14 +10,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 mp=$(dirname "$here")
 check="python3 $mp/../host-sim/tools/fchunk_check.py"
 run="python3 $here/run_under_cpython.py"
-frames=${FRAMES:-/work/shared/frames}
+# shared/ sits beside the repository checkout (here and in CI).
+frames=${FRAMES:-$(cd "$mp/../.." && pwd)/../shared/frames}
+[ -f "$frames/qvga_astronaut.jpg" ] || { echo "no test frames in $frames (set FRAMES=dir)" >&2; exit 1; }
+export FRAMES="$frames"
 work=$(mktemp -d)
 chmod 755 "$work"
 mosq_pid=""
+tls_pid=""
 sub_pid=""
 cleanup() {
     [ -n "$sub_pid" ] && kill "$sub_pid" 2>/dev/null || true
     [ -n "$mosq_pid" ] && kill "$mosq_pid" 2>/dev/null || true
+    [ -n "$tls_pid" ] && kill "$tls_pid" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -148,6 +153,53 @@ if wait $node; then
         ok "reconnect: $retries backoff retries while the broker was down, then the frame"
     else bad "reconnect ($retries retries)"; cat "$work/out.txt"; fi
 else unsub; bad "reconnect run"; cat "$work/out.txt"; fi
+
+# TLS: main.py's tls_context() verifies the broker against MQTT_CA_FILE.
+if command -v openssl >/dev/null; then
+    (cd "$work" &&
+     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+         -keyout ca.key -out ca.crt -subj /CN=test-ca &&
+     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+         -keyout other-ca.key -out other-ca.crt -subj /CN=other-ca &&
+     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+         -keyout server.key -out server.csr -subj /CN=localhost &&
+     printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >ext &&
+     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 \
+         -out server.crt -extfile ext &&
+     chmod 644 ./*.key) >/dev/null 2>&1
+    tls_port=$((port + 1))
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\ncafile %s\ncertfile %s\nkeyfile %s\n' \
+        "$tls_port" "$work/ca.crt" "$work/server.crt" "$work/server.key" >"$work/tls.conf"
+    mosquitto -c "$work/tls.conf" >"$work/tls.log" 2>&1 &
+    tls_pid=$!
+    sleep 0.5
+    tls_sub() {
+        mosquitto_sub -p "$tls_port" --cafile "$work/ca.crt" -h 127.0.0.1 -F '%t %r %x' -t "$1" \
+            >"$work/dump.txt" &
+        sub_pid=$!
+        sleep 0.5
+    }
+    tls_sub "home/mptls/#"
+    if $run --port "$tls_port" --mode sensor --id mptls --count 2 --ca "$work/ca.crt" \
+            >"$work/out.txt" 2>&1; then
+        unsub
+        text >"$work/msgs.txt"
+        if [ "$(grep -c '^home/mptls/sensors ' "$work/msgs.txt")" = 2 ]; then
+            ok "TLS: broker verified against MQTT_CA_FILE, 2 readings delivered"
+        else bad "TLS delivery"; cat "$work/msgs.txt" "$work/out.txt"; fi
+    else unsub; bad "TLS run"; cat "$work/out.txt"; fi
+
+    tls_sub "home/mpbadca/#"
+    $run --port "$tls_port" --mode sensor --id mpbadca --deep-sleep --count 1 \
+        --ca "$work/other-ca.crt" >"$work/out.txt" 2>&1 || true
+    unsub
+    if [ ! -s "$work/dump.txt" ] && grep -q 'CERTIFICATE_VERIFY_FAILED' "$work/out.txt"; then
+        ok "TLS: a broker certificate from another CA is refused, nothing published"
+    else bad "TLS wrong CA"; cat "$work/out.txt" "$work/dump.txt"; fi
+    kill "$tls_pid" 2>/dev/null || true
+else
+    echo "skip - openssl not installed: no TLS test"
+fi
 
 echo "micropython: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

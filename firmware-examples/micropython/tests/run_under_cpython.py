@@ -40,6 +40,7 @@ def main():
     ap.add_argument("--id", default=None, help="device id (default: cam1 / hall)")
     ap.add_argument("--user")
     ap.add_argument("--password")
+    ap.add_argument("--ca", metavar="PEM", help="MQTT_CA_FILE: enables TLS, verifies the broker")
     ap.add_argument("--qos", type=int, choices=(0, 1), default=None,
                     help="FRAME_QOS / SENSOR_QOS")
     ap.add_argument("--chunk", type=int, default=4000, help="CHUNK_SIZE")
@@ -59,6 +60,7 @@ def main():
     config.MQTT_PORT = args.port
     config.MQTT_USER = args.user
     config.MQTT_PASSWORD = args.password
+    config.MQTT_CA_FILE = args.ca
     config.NTP_HOST = None
     config.BACKOFF_MIN_S = 1
     config.BACKOFF_MAX_S = 2

@@ -10,7 +10,9 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fchunk  # noqa: E402
 
-FRAMES = os.environ.get("FRAMES", "/work/shared/frames")
+# shared/ sits beside the repository checkout.
+FRAMES = os.environ.get("FRAMES", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), *[".."] * 4, "shared", "frames"))
 passed = failed = 0
 
 
@@ -53,6 +55,7 @@ check(raises(fchunk.plan, 65535 * 4000 + 1, 4000), "65536 chunks refused")
 # send_frame: every chunk valid, reassembles to the frame, one shared buffer.
 for name, chunk in (("qvga_astronaut.jpg", 4000), ("vga_rocket.jpg", 1000), ("uxga_coffee.jpg", 4000)):
     path = os.path.join(FRAMES, name)
+    check(os.path.exists(path), "test frame %s (set FRAMES=dir)" % path)
     if not os.path.exists(path):
         continue
     frame = open(path, "rb").read()

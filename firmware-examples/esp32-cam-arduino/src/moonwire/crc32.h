@@ -10,9 +10,10 @@
  *     s = fchunk_crc32_update(s, part2, n2);
  *     uint32_t crc = fchunk_crc32_final(s);
  *
- * Default build is table-free (bitwise, ~60 bytes of code, no RAM): right for
- * small sensor nodes. Define FCHUNK_CRC_TABLE for a 1 KiB const table (flash,
- * not RAM) that is ~8x faster: right for cameras hashing 100+ KB frames. */
+ * Default build is table-free (bitwise, under 100 bytes of code, no RAM):
+ * right for small sensor nodes. Define FCHUNK_CRC_TABLE for a 1 KiB const
+ * table (flash, not RAM) that is about 4x faster (measured on x86-64; 2.9 vs
+ * 0.7 ms for a 255 KB frame): right for cameras hashing 100+ KB frames. */
 #ifndef MOONWIRE_CRC32_H
 #define MOONWIRE_CRC32_H
 

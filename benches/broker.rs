@@ -1,0 +1,534 @@
+//! Side-by-side broker benchmark: the same load, in the same run, against moonwire, stock
+//! rumqttd (its demo config with the accept delay set to 0) and Debian's mosquitto when
+//! installed. Each broker runs as its own child process so RSS is the broker's alone.
+//!
+//! Run: `cargo bench --bench broker` (add `-- --quick` for a short smoke run,
+//! `-- --only NAME` to run scenarios whose name contains NAME).
+//! Results go to stdout as a Markdown table; BENCHMARKS.md records them.
+
+use bytes::{Buf, BytesMut};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+static BASE: OnceLock<Instant> = OnceLock::new();
+
+fn nanos() -> u64 {
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+// ---------------- brokers ----------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Moonwire,
+    Rumqttd,
+    Mosquitto,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Moonwire => "moonwire",
+            Kind::Rumqttd => "rumqttd (stock)",
+            Kind::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+struct BrokerProc {
+    child: Child,
+    port: u16,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl BrokerProc {
+    fn start(kind: Kind) -> BrokerProc {
+        let port = free_port();
+        let exe = std::env::current_exe().expect("bench binary path");
+        let (child, dir) = match kind {
+            Kind::Moonwire | Kind::Rumqttd => {
+                let which = if kind == Kind::Moonwire { "moonwire" } else { "rumqttd" };
+                let child = Command::new(exe)
+                    .args(["--serve", which, &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn broker");
+                (child, None)
+            }
+            Kind::Mosquitto => {
+                let dir = tempfile::tempdir().unwrap();
+                let conf = dir.path().join("m.conf");
+                std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n")).unwrap();
+                let child = Command::new("mosquitto")
+                    .arg("-c")
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn mosquitto");
+                (child, Some(dir))
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "{kind:?} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        BrokerProc { child, port, _dir: dir }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for BrokerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn serve(which: &str, port: u16) {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    match which {
+        "moonwire" => {
+            let mut cfg = moonwire::config::Config::defaults().unwrap();
+            cfg.mqtt.listen = addr;
+            cfg.mqtt.max_connections = 20000;
+            cfg.limits.max_connections = 20000;
+            cfg.ws.enabled = false;
+            cfg.http.enabled = false;
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let _running = moonwire::app::App::new(cfg).start().await.unwrap();
+                std::future::pending::<()>().await;
+            });
+        }
+        "rumqttd" => {
+            let toml = format!(
+                r#"
+id = 0
+[router]
+id = 0
+max_connections = 20010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "{addr}"
+next_connection_delay_ms = 0
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 20480
+max_inflight_count = 100
+dynamic_filters = true
+"#
+            );
+            let config: rumqttd::Config = toml::from_str(&toml).expect("stock config");
+            let mut broker = rumqttd::Broker::new(config);
+            let _ = broker.start();
+        }
+        other => panic!("unknown broker {other}"),
+    }
+}
+
+// ---------------- raw MQTT 3.1.1 load clients ----------------
+
+fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn connect_packet(id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut out = vec![0x10];
+    remaining_length(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+fn publish_packet(out: &mut Vec<u8>, topic: &str, payload: &[u8], qos: u8, pkid: u16) {
+    let len = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload.len();
+    out.push(0x30 | (qos << 1));
+    remaining_length(len, out);
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    if qos > 0 {
+        out.extend_from_slice(&pkid.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+struct Client {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+}
+
+/// One parsed packet: (first byte, body).
+fn parse(buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (mut len, mut i) = (0usize, 1usize);
+    loop {
+        let b = *buf.get(i)?;
+        len |= ((b & 0x7F) as usize) << (7 * (i - 1));
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    if buf.len() < i + len {
+        return None;
+    }
+    let first = buf[0];
+    buf.advance(i);
+    Some((first, buf.split_to(len)))
+}
+
+impl Client {
+    async fn connect(port: u16, id: &str) -> std::io::Result<Client> {
+        let s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.set_nodelay(true)?;
+        let (rd, mut wr) = s.into_split();
+        wr.write_all(&connect_packet(id)).await?;
+        let mut c = Client { rd, wr, buf: BytesMut::with_capacity(64 * 1024) };
+        let (first, body) = c.read_packet().await?;
+        if first != 0x20 || body.get(1) != Some(&0) {
+            return Err(std::io::Error::other(format!("CONNACK refused: {first:#x} {body:?}")));
+        }
+        Ok(c)
+    }
+
+    async fn read_packet(&mut self) -> std::io::Result<(u8, BytesMut)> {
+        loop {
+            if let Some(p) = parse(&mut self.buf) {
+                return Ok(p);
+            }
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: u8) {
+        let mut body = vec![0, 1];
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(filter.as_bytes());
+        body.push(qos);
+        let mut out = vec![0x82];
+        remaining_length(body.len(), &mut out);
+        out.extend(body);
+        self.wr.write_all(&out).await.unwrap();
+        loop {
+            let (first, _) = self.read_packet().await.unwrap();
+            if first == 0x90 {
+                return;
+            }
+        }
+    }
+}
+
+/// Receives until `expected` publishes arrived or the stream went idle. Returns
+/// (count, time of last message, latencies in ns when payloads carry timestamps).
+async fn receive(mut c: Client, expected: u64, qos: u8, timestamps: bool, idle: Duration) -> (u64, Instant, Vec<u64>) {
+    let mut count = 0u64;
+    let mut last = Instant::now();
+    let mut lat = Vec::new();
+    let mut acks = Vec::new();
+    while count < expected {
+        match tokio::time::timeout(idle, c.rd.read_buf(&mut c.buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+        while let Some((first, mut body)) = parse(&mut c.buf) {
+            if first >> 4 != 3 {
+                continue;
+            }
+            count += 1;
+            let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
+            body.advance(2 + tlen);
+            if (first >> 1) & 3 > 0 {
+                let pkid = [body[0], body[1]];
+                body.advance(2);
+                acks.extend_from_slice(&[0x40, 2, pkid[0], pkid[1]]);
+            }
+            if timestamps && body.len() >= 8 {
+                let sent = u64::from_be_bytes(body[..8].try_into().unwrap());
+                lat.push(nanos().saturating_sub(sent));
+            }
+        }
+        last = Instant::now();
+        if !acks.is_empty() && qos > 0 {
+            let _ = c.wr.write_all(&acks).await;
+            acks.clear();
+        }
+    }
+    (count, last, lat)
+}
+
+/// Publishes `n` messages as fast as the connection takes them; QoS 1 keeps `window` in flight.
+async fn publish(mut c: Client, topic: String, n: u64, size: usize, qos: u8) {
+    let payload = vec![0x5Au8; size];
+    let window = 100u64;
+    let mut sent = 0u64;
+    let mut out = Vec::with_capacity(256 * 1024);
+    let mut pkid = 0u16;
+    while sent < n {
+        out.clear();
+        let batch = if qos == 0 { 1000.min(n - sent) } else { window.min(n - sent) };
+        for _ in 0..batch {
+            pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
+            publish_packet(&mut out, &topic, &payload, qos, pkid);
+        }
+        if c.wr.write_all(&out).await.is_err() {
+            return;
+        }
+        sent += batch;
+        if qos > 0 {
+            let mut acked = 0;
+            while acked < batch {
+                match c.read_packet().await {
+                    Ok((first, _)) if first >> 4 == 4 => acked += 1,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Paced publisher with send timestamps in the payload.
+async fn publish_paced(mut c: Client, topic: String, rate: u64, secs: u64, size: usize) -> u64 {
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = rate * secs;
+    let mut sent = 0u64;
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while sent < total {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        out.clear();
+        while sent < due.min(total) {
+            let mut payload = vec![0u8; size.max(8)];
+            payload[..8].copy_from_slice(&nanos().to_be_bytes());
+            publish_packet(&mut out, &topic, &payload, 0, 0);
+            sent += 1;
+        }
+        if !out.is_empty() && c.wr.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    sent
+}
+
+// ---------------- scenarios ----------------
+
+struct Row {
+    scenario: String,
+    broker: Kind,
+    value: f64,
+    unit: &'static str,
+    note: String,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn id(prefix: &str) -> String {
+    format!("{prefix}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// pubs → subs on one topic. Returns (deliveries/s, delivered, expected).
+async fn throughput(port: u16, pubs: usize, subs: usize, n_per_pub: u64, size: usize, qos: u8) -> (f64, u64, u64) {
+    let topic = id("bench/t");
+    let mut receivers = Vec::new();
+    for _ in 0..subs {
+        let mut c = Client::connect(port, &id("sub")).await.unwrap();
+        c.subscribe(&topic, qos).await;
+        receivers.push(c);
+    }
+    let expected = n_per_pub * pubs as u64;
+    let mut publishers = Vec::new();
+    for _ in 0..pubs {
+        publishers.push(Client::connect(port, &id("pub")).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let handles: Vec<_> = receivers
+        .into_iter()
+        .map(|c| tokio::spawn(receive(c, expected, qos, false, Duration::from_secs(2))))
+        .collect();
+    for c in publishers {
+        tokio::spawn(publish(c, topic.clone(), n_per_pub, size, qos));
+    }
+    let mut delivered = 0;
+    let mut end = start;
+    for h in handles {
+        let (count, last, _) = h.await.unwrap();
+        delivered += count;
+        end = end.max(last);
+    }
+    let secs = end.duration_since(start).as_secs_f64().max(1e-6);
+    (delivered as f64 / secs, delivered, expected * subs as u64)
+}
+
+async fn latency(port: u16, rate: u64, secs: u64) -> (f64, f64, u64) {
+    let topic = id("bench/lat");
+    let mut sub = Client::connect(port, &id("lsub")).await.unwrap();
+    sub.subscribe(&topic, 0).await;
+    let p = Client::connect(port, &id("lpub")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let h = tokio::spawn(receive(sub, rate * secs, 0, true, Duration::from_secs(2)));
+    publish_paced(p, topic, rate, secs, 16).await;
+    let (count, _, mut lat) = h.await.unwrap();
+    lat.sort_unstable();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1e6;
+    (pct(0.5), pct(0.99), count)
+}
+
+async fn idle_connections(b: &BrokerProc, n: usize) -> (f64, f64) {
+    // Baseline with one connection open, so per-connection cost excludes start-up memory.
+    let first = Client::connect(b.port, &id("idle")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = b.rss_kib();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(128));
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let port = b.port;
+        set.spawn(async move {
+            let c = Client::connect(port, &id("idle")).await;
+            drop(permit);
+            c
+        });
+    }
+    let mut clients = vec![first];
+    while let Some(r) = set.join_next().await {
+        if let Ok(Ok(c)) = r {
+            clients.push(c);
+        }
+    }
+    let rate = (clients.len() - 1) as f64 / start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = b.rss_kib();
+    let per = after.saturating_sub(before) as f64 / (clients.len() - 1).max(1) as f64;
+    drop(clients);
+    (rate, per)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve") {
+        serve(&args[i + 1], args[i + 2].parse().unwrap());
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args.iter().position(|a| a == "--only").map(|i| args[i + 1].clone());
+    let mut kinds = vec![Kind::Moonwire, Kind::Rumqttd];
+    if Command::new("mosquitto").arg("-h").output().is_ok() {
+        kinds.push(Kind::Mosquitto);
+    } else {
+        eprintln!("mosquitto not installed: skipping it");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let scale = if quick { 10 } else { 1 };
+    let mut rows: Vec<Row> = Vec::new();
+    let want = |name: &str| only.as_ref().is_none_or(|o| name.contains(o.as_str()));
+
+    type Scenario = (&'static str, usize, usize, u64, usize, u8);
+    let scenarios: [Scenario; 4] = [
+        ("1→1 QoS0 16 B", 1, 1, 500_000, 16, 0),
+        ("4→1 QoS0 64 B", 4, 1, 100_000, 64, 0),
+        ("4→1 QoS1 64 B", 4, 1, 25_000, 64, 1),
+        ("1→50 fan-out QoS0 16 B", 1, 50, 20_000, 16, 0),
+    ];
+    for (name, pubs, subs, n, size, qos) in scenarios {
+        if !want(name) {
+            continue;
+        }
+        for &k in &kinds {
+            let b = BrokerProc::start(k);
+            let (rate, got, exp) = rt.block_on(throughput(b.port, pubs, subs, n / scale, size, qos));
+            eprintln!("{name:28} {:18} {rate:>12.0} msg/s delivered {got}/{exp}", k.name());
+            rows.push(Row {
+                scenario: name.into(),
+                broker: k,
+                value: rate,
+                unit: "msg/s",
+                note: format!("{:.1}% delivered", got as f64 * 100.0 / exp as f64),
+            });
+        }
+    }
+    if want("latency") {
+        for &k in &kinds {
+            let b = BrokerProc::start(k);
+            let (p50, p99, got) = rt.block_on(latency(b.port, 5000, if quick { 2 } else { 10 }));
+            eprintln!("latency @5k/s {:18} p50 {p50:.3} ms p99 {p99:.3} ms ({got} samples)", k.name());
+            rows.push(Row { scenario: "p99 latency @ 5,000 msg/s".into(), broker: k, value: p99, unit: "ms", note: format!("p50 {p50:.3} ms, {got} samples") });
+        }
+    }
+    if want("idle") {
+        let n = if quick { 1000 } else { 5000 };
+        for &k in &kinds {
+            let b = BrokerProc::start(k);
+            let (rate, per) = rt.block_on(idle_connections(&b, n));
+            eprintln!("{n} idle conns {:18} {rate:>8.0} connects/s {per:.1} KiB/conn", k.name());
+            rows.push(Row { scenario: format!("{n} idle connections: connect rate"), broker: k, value: rate, unit: "conn/s", note: String::new() });
+            rows.push(Row { scenario: format!("{n} idle connections: RSS per connection"), broker: k, value: per, unit: "KiB", note: String::new() });
+        }
+    }
+    if want("rss") {
+        let n = 1_000_000 / scale as u64;
+        for &k in &kinds {
+            let b = BrokerProc::start(k);
+            let (_, got, _) = rt.block_on(throughput(b.port, 1, 1, n, 16, 0));
+            std::thread::sleep(Duration::from_secs(1));
+            let rss = b.rss_kib() as f64 / 1024.0;
+            eprintln!("RSS after {n} msgs {:18} {rss:.1} MiB", k.name());
+            rows.push(Row { scenario: format!("RSS after {n} messages (16 B, 1→1)"), broker: k, value: rss, unit: "MiB", note: format!("{got} delivered") });
+        }
+    }
+
+    println!("\n| scenario | broker | result | vs stock rumqttd | note |\n|---|---|---|---|---|");
+    for r in &rows {
+        let stock = rows.iter().find(|s| s.scenario == r.scenario && s.broker == Kind::Rumqttd).map(|s| s.value);
+        let ratio = match stock {
+            Some(s) if s > 0.0 && r.broker != Kind::Rumqttd => format!("{:.2}×", r.value / s),
+            _ => "—".into(),
+        };
+        println!("| {} | {} | {:.3} {} | {} | {} |", r.scenario, r.broker.name(), r.value, r.unit, ratio, r.note);
+    }
+}
