@@ -3,7 +3,7 @@
 //! installed. Each broker runs as its own child process so RSS is the broker's alone.
 //!
 //! Run: `cargo bench --bench broker` (add `-- --quick` for a short smoke run,
-//! `-- --only NAME` to run scenarios whose name contains NAME).
+//! `-- --only NAME` to run scenarios whose name contains NAME, `-- --broker NAME` for one broker).
 //! Results go to stdout as a Markdown table; BENCHMARKS.md records them.
 
 use bytes::{Buf, BytesMut};
@@ -53,7 +53,11 @@ impl BrokerProc {
         let exe = std::env::current_exe().expect("bench binary path");
         let (child, dir) = match kind {
             Kind::Moonwire | Kind::Rumqttd => {
-                let which = if kind == Kind::Moonwire { "moonwire" } else { "rumqttd" };
+                let which = if kind == Kind::Moonwire {
+                    "moonwire"
+                } else {
+                    "rumqttd"
+                };
                 let child = Command::new(exe)
                     .args(["--serve", which, &port.to_string()])
                     .stdout(Stdio::null())
@@ -65,7 +69,13 @@ impl BrokerProc {
             Kind::Mosquitto => {
                 let dir = tempfile::tempdir().unwrap();
                 let conf = dir.path().join("m.conf");
-                std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n")).unwrap();
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"
+                    ),
+                )
+                .unwrap();
                 let child = Command::new("mosquitto")
                     .arg("-c")
                     .arg(&conf)
@@ -81,11 +91,16 @@ impl BrokerProc {
             assert!(Instant::now() < deadline, "{kind:?} did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        BrokerProc { child, port, _dir: dir }
+        BrokerProc {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -103,14 +118,18 @@ impl Drop for BrokerProc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn serve(which: &str, port: u16) {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     match which {
         "moonwire" => {
-            let mut cfg = moonwire::config::Config::defaults().unwrap();
+            let mut cfg = moonwire::config::Config::load(None).unwrap();
             cfg.mqtt.listen = addr;
             cfg.mqtt.max_connections = 20000;
             cfg.limits.max_connections = 20000;
@@ -223,10 +242,16 @@ impl Client {
         s.set_nodelay(true)?;
         let (rd, mut wr) = s.into_split();
         wr.write_all(&connect_packet(id)).await?;
-        let mut c = Client { rd, wr, buf: BytesMut::with_capacity(64 * 1024) };
+        let mut c = Client {
+            rd,
+            wr,
+            buf: BytesMut::with_capacity(64 * 1024),
+        };
         let (first, body) = c.read_packet().await?;
         if first != 0x20 || body.get(1) != Some(&0) {
-            return Err(std::io::Error::other(format!("CONNACK refused: {first:#x} {body:?}")));
+            return Err(std::io::Error::other(format!(
+                "CONNACK refused: {first:#x} {body:?}"
+            )));
         }
         Ok(c)
     }
@@ -262,7 +287,13 @@ impl Client {
 
 /// Receives until `expected` publishes arrived or the stream went idle. Returns
 /// (count, time of last message, latencies in ns when payloads carry timestamps).
-async fn receive(mut c: Client, expected: u64, qos: u8, timestamps: bool, idle: Duration) -> (u64, Instant, Vec<u64>) {
+async fn receive(
+    mut c: Client,
+    expected: u64,
+    qos: u8,
+    timestamps: bool,
+    idle: Duration,
+) -> (u64, Instant, Vec<u64>) {
     let mut count = 0u64;
     let mut last = Instant::now();
     let mut lat = Vec::new();
@@ -307,7 +338,11 @@ async fn publish(mut c: Client, topic: String, n: u64, size: usize, qos: u8) {
     let mut pkid = 0u16;
     while sent < n {
         out.clear();
-        let batch = if qos == 0 { 1000.min(n - sent) } else { window.min(n - sent) };
+        let batch = if qos == 0 {
+            1000.min(n - sent)
+        } else {
+            window.min(n - sent)
+        };
         for _ in 0..batch {
             pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
             publish_packet(&mut out, &topic, &payload, qos, pkid);
@@ -371,7 +406,14 @@ fn id(prefix: &str) -> String {
 }
 
 /// pubs → subs on one topic. Returns (deliveries/s, delivered, expected).
-async fn throughput(port: u16, pubs: usize, subs: usize, n_per_pub: u64, size: usize, qos: u8) -> (f64, u64, u64) {
+async fn throughput(
+    port: u16,
+    pubs: usize,
+    subs: usize,
+    n_per_pub: u64,
+    size: usize,
+    qos: u8,
+) -> (f64, u64, u64) {
     let topic = id("bench/t");
     let mut receivers = Vec::new();
     for _ in 0..subs {
@@ -414,7 +456,12 @@ async fn latency(port: u16, rate: u64, secs: u64) -> (f64, f64, u64) {
     publish_paced(p, topic, rate, secs, 16).await;
     let (count, _, mut lat) = h.await.unwrap();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1e6;
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1e6
+    };
     (pct(0.5), pct(0.99), count)
 }
 
@@ -456,14 +503,25 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let only = args.iter().position(|a| a == "--only").map(|i| args[i + 1].clone());
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args[i + 1].clone());
     let mut kinds = vec![Kind::Moonwire, Kind::Rumqttd];
     if Command::new("mosquitto").arg("-h").output().is_ok() {
         kinds.push(Kind::Mosquitto);
     } else {
         eprintln!("mosquitto not installed: skipping it");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if let Some(i) = args.iter().position(|a| a == "--broker") {
+        let name = args[i + 1].clone();
+        kinds.retain(|k| k.name().starts_with(name.as_str()));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let scale = if quick { 10 } else { 1 };
     let mut rows: Vec<Row> = Vec::new();
     let want = |name: &str| only.as_ref().is_none_or(|o| name.contains(o.as_str()));
@@ -481,8 +539,12 @@ fn main() {
         }
         for &k in &kinds {
             let b = BrokerProc::start(k);
-            let (rate, got, exp) = rt.block_on(throughput(b.port, pubs, subs, n / scale, size, qos));
-            eprintln!("{name:28} {:18} {rate:>12.0} msg/s delivered {got}/{exp}", k.name());
+            let (rate, got, exp) =
+                rt.block_on(throughput(b.port, pubs, subs, n / scale, size, qos));
+            eprintln!(
+                "{name:28} {:18} {rate:>12.0} msg/s delivered {got}/{exp}",
+                k.name()
+            );
             rows.push(Row {
                 scenario: name.into(),
                 broker: k,
@@ -496,8 +558,17 @@ fn main() {
         for &k in &kinds {
             let b = BrokerProc::start(k);
             let (p50, p99, got) = rt.block_on(latency(b.port, 5000, if quick { 2 } else { 10 }));
-            eprintln!("latency @5k/s {:18} p50 {p50:.3} ms p99 {p99:.3} ms ({got} samples)", k.name());
-            rows.push(Row { scenario: "p99 latency @ 5,000 msg/s".into(), broker: k, value: p99, unit: "ms", note: format!("p50 {p50:.3} ms, {got} samples") });
+            eprintln!(
+                "latency @5k/s {:18} p50 {p50:.3} ms p99 {p99:.3} ms ({got} samples)",
+                k.name()
+            );
+            rows.push(Row {
+                scenario: "p99 latency @ 5,000 msg/s".into(),
+                broker: k,
+                value: p99,
+                unit: "ms",
+                note: format!("p50 {p50:.3} ms, {got} samples"),
+            });
         }
     }
     if want("idle") {
@@ -505,9 +576,24 @@ fn main() {
         for &k in &kinds {
             let b = BrokerProc::start(k);
             let (rate, per) = rt.block_on(idle_connections(&b, n));
-            eprintln!("{n} idle conns {:18} {rate:>8.0} connects/s {per:.1} KiB/conn", k.name());
-            rows.push(Row { scenario: format!("{n} idle connections: connect rate"), broker: k, value: rate, unit: "conn/s", note: String::new() });
-            rows.push(Row { scenario: format!("{n} idle connections: RSS per connection"), broker: k, value: per, unit: "KiB", note: String::new() });
+            eprintln!(
+                "{n} idle conns {:18} {rate:>8.0} connects/s {per:.1} KiB/conn",
+                k.name()
+            );
+            rows.push(Row {
+                scenario: format!("{n} idle connections: connect rate"),
+                broker: k,
+                value: rate,
+                unit: "conn/s",
+                note: String::new(),
+            });
+            rows.push(Row {
+                scenario: format!("{n} idle connections: RSS per connection"),
+                broker: k,
+                value: per,
+                unit: "KiB",
+                note: String::new(),
+            });
         }
     }
     if want("rss") {
@@ -518,17 +604,34 @@ fn main() {
             std::thread::sleep(Duration::from_secs(1));
             let rss = b.rss_kib() as f64 / 1024.0;
             eprintln!("RSS after {n} msgs {:18} {rss:.1} MiB", k.name());
-            rows.push(Row { scenario: format!("RSS after {n} messages (16 B, 1→1)"), broker: k, value: rss, unit: "MiB", note: format!("{got} delivered") });
+            rows.push(Row {
+                scenario: format!("RSS after {n} messages (16 B, 1→1)"),
+                broker: k,
+                value: rss,
+                unit: "MiB",
+                note: format!("{got} delivered"),
+            });
         }
     }
 
     println!("\n| scenario | broker | result | vs stock rumqttd | note |\n|---|---|---|---|---|");
     for r in &rows {
-        let stock = rows.iter().find(|s| s.scenario == r.scenario && s.broker == Kind::Rumqttd).map(|s| s.value);
+        let stock = rows
+            .iter()
+            .find(|s| s.scenario == r.scenario && s.broker == Kind::Rumqttd)
+            .map(|s| s.value);
         let ratio = match stock {
             Some(s) if s > 0.0 && r.broker != Kind::Rumqttd => format!("{:.2}×", r.value / s),
             _ => "—".into(),
         };
-        println!("| {} | {} | {:.3} {} | {} | {} |", r.scenario, r.broker.name(), r.value, r.unit, ratio, r.note);
+        println!(
+            "| {} | {} | {:.3} {} | {} | {} |",
+            r.scenario,
+            r.broker.name(),
+            r.value,
+            r.unit,
+            ratio,
+            r.note
+        );
     }
 }

@@ -161,9 +161,9 @@ impl Codec {
                 wire_len,
             })),
             // The whole frame was present, so a body that wants more bytes is malformed.
-            Ok(Err(protocol::Error::InsufficientBytes(_))) => {
-                Err(CodecError::Malformed("packet body shorter than its fields".into()))
-            }
+            Ok(Err(protocol::Error::InsufficientBytes(_))) => Err(CodecError::Malformed(
+                "packet body shorter than its fields".into(),
+            )),
             Ok(Err(e)) => Err(CodecError::Malformed(e.to_string())),
             Err(_) => Err(CodecError::Malformed("undecodable packet".into())),
         }

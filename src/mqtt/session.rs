@@ -410,10 +410,14 @@ where
         let far = Duration::from_secs(86400 * 365);
         let keepalive = tokio::time::sleep(if grace.is_zero() { far } else { grace });
         tokio::pin!(keepalive);
+        // Created once: registering a fresh waiter on the shared token every iteration would
+        // serialise all sessions on the token's lock.
+        let shutdown = broker.shutdown.cancelled();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
-                _ = broker.shutdown.cancelled() => return Err(SessionError::Shutdown),
+                _ = &mut shutdown => return Err(SessionError::Shutdown),
                 _ = &mut kicked => return Err(SessionError::TakenOver),
                 r = self.io.fill() => {
                     let n = r?;

@@ -5,8 +5,9 @@
 //! - `Router::spawn` returns a sender whose item type rumqttd does not export; we keep it
 //!   inside closures ([`Router`] fields) instead of naming it.
 //! - `LinkBuilder::build` and `LinkTx::send` block the calling thread (bounded channel).
-//!   [`Router::connect`] runs on the blocking pool, and [`Link::send_batch`] first waits
-//!   asynchronously for channel capacity so the blocking send practically never blocks.
+//!   [`Router::connect`] runs on the blocking pool; [`Link::send_batch`] sends directly while
+//!   the channel has room and, when it is full, blocks inside `block_in_place` so the
+//!   worker's other tasks move to another thread (a current-thread runtime polls instead).
 //! - `Publish` keeps `qos` and `pkid` private; [`publish_meta`] reads them back from the
 //!   serialised form and [`build_publish`] constructs through `Publish::deserialize`.
 
@@ -164,9 +165,27 @@ impl Link {
         let Some(last) = batch.pop_back() else {
             return Ok(());
         };
-        self.router.wait_capacity().await;
         self.tx.buffer().extend(batch.drain(..));
-        self.tx.send(last).await?;
+        if !(self.router.is_full)() {
+            self.tx.send(last).await?;
+            return Ok(());
+        }
+        // The router is behind. `LinkTx::send` would block this worker thread; on the
+        // multi-threaded runtime hand the worker's other tasks away first, elsewhere poll.
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let multi =
+            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if multi {
+            use futures_util::FutureExt;
+            let sent = tokio::task::block_in_place(|| self.tx.send(last).now_or_never());
+            match sent {
+                Some(r) => r.map(|_| ())?,
+                None => return Err(RouterError::Closed),
+            }
+        } else {
+            self.router.wait_capacity().await;
+            self.tx.send(last).await?;
+        }
         Ok(())
     }
 
