@@ -75,6 +75,7 @@ async fn tls_publish_and_subscribe() {
     let b = TestBroker::start_with(|c| {
         c.tls.cert = cert;
         c.tls.key = key;
+        c.tls.handshake_timeout = std::time::Duration::from_millis(500);
     })
     .await;
     let tls_port = b.running().tls.expect("tls listener").port();
@@ -87,11 +88,23 @@ async fn tls_publish_and_subscribe() {
         .unwrap();
     assert_eq!(&sub.next_publish().await.unwrap().payload[..], b"over tls");
 
+    // Half-open handshakes (TCP connected, nothing sent) do not block the listener.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(raw::Conn::open(b.running().tls.unwrap()).await);
+    }
+    let _during = v4::connect(tls_options(tls_port, "tls-during", &pki, false)).await;
     // A client that does not speak TLS at all is dropped without hurting the listener.
     let mut junk = raw::Conn::open(b.running().tls.unwrap()).await;
     junk.send(&raw::connect(4, "not-tls", 30)).await;
     assert!(junk.closed_within(WAIT).await);
     let _again = v4::connect(tls_options(tls_port, "tls-again", &pki, false)).await;
+    for mut s in silent {
+        assert!(
+            s.closed_within(WAIT).await,
+            "half-open handshake kept past the timeout"
+        );
+    }
     b.stop().await;
 }
 
