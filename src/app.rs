@@ -1,13 +1,17 @@
 //! Wiring: starts the router, the listeners and the HTTP server from a [`Config`], and returns
 //! a [`Running`] handle with the bound addresses and a shutdown method.
 
+use crate::auth::{Acl, AclStage, Auth, AuthSettings, Rule, Users, UsersError};
 use crate::config::Config;
 use crate::edge::{self, TlsError, Transport};
 use crate::metrics::Metrics;
 use crate::mqtt::{Broker, Internal, Registry, SessionLimits};
 use crate::pipeline::{Pipeline, Stage, Tap, TopicBudgets};
 use crate::router::{Router, RouterError, RouterSettings};
+use crate::watch::{FileWatch, watch_file};
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -27,11 +31,19 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error("router: {0}")]
     Router(#[from] RouterError),
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error("acl file {path}: {reason}")]
+    AclFile { path: String, reason: String },
+    #[error("watching {path}: {source}")]
+    Watch { path: String, source: notify::Error },
 }
 
 /// Builder for a broker: config plus extra pipeline stages and taps.
 pub struct App {
     cfg: Config,
+    /// The config file, watched so ACL changes apply without restart.
+    config_path: Option<PathBuf>,
     stages: Vec<Arc<dyn Stage>>,
     taps: Vec<Arc<dyn Tap>>,
 }
@@ -45,15 +57,23 @@ pub struct Running {
     pub broker: Arc<Broker>,
     tasks: TaskTracker,
     grace: Duration,
+    _watches: Vec<FileWatch>,
 }
 
 impl App {
     pub fn new(cfg: Config) -> Self {
         App {
             cfg,
+            config_path: None,
             stages: vec![],
             taps: vec![],
         }
+    }
+
+    /// Remembers the config file so that ACL edits in it are applied while running.
+    pub fn config_path(mut self, path: Option<PathBuf>) -> Self {
+        self.config_path = path;
+        self
     }
 
     /// Adds a pipeline stage after the built-in ones.
@@ -81,7 +101,34 @@ impl App {
         });
         let internal = Internal::start(&router, metrics.clone(), shutdown.clone()).await?;
 
-        let mut pipeline = Pipeline::new();
+        let users = match cfg.auth.users_file.as_str() {
+            "" => None,
+            f => Some(Users::load(Path::new(f))?),
+        };
+        let allow_anonymous = cfg.anonymous_allowed();
+        if !allow_anonymous && cfg.auth.allow_anonymous == crate::config::AnonymousPolicy::Auto {
+            tracing::warn!(
+                "a listener is not on loopback: anonymous clients are refused \
+                 (set auth.allow_anonymous = true to allow them)"
+            );
+        }
+        let acl = load_acl(&cfg.acl, &cfg.auth.acl_file)?;
+        let auth = Arc::new(Auth::new(
+            AuthSettings {
+                users,
+                allow_anonymous,
+                failed_login_delay: cfg.auth.failed_login_delay,
+                max_failed_login_delay: cfg.auth.max_failed_login_delay,
+                max_tracked_ips: cfg.auth.max_tracked_ips,
+                acl,
+                admins: cfg.auth.admins.clone(),
+            },
+            metrics.clone(),
+        ));
+        let mut watches = watch_auth(&cfg, self.config_path.clone(), &auth)?;
+
+        // Stage 1 is the ACL: it applies to clients, wills and blocks alike.
+        let mut pipeline = Pipeline::new().with_stage(Arc::new(AclStage { auth: auth.clone() }));
         let budgets = TopicBudgets::new(
             cfg.limits
                 .topic_payload
@@ -107,6 +154,8 @@ impl App {
             internal,
             shutdown: shutdown.clone(),
             links: AtomicUsize::new(0),
+            auth,
+            per_ip: Default::default(),
         });
         let tasks = TaskTracker::new();
 
@@ -127,17 +176,33 @@ impl App {
         ));
 
         let tls = if cfg.tls.enabled() {
-            let acceptor = edge::tls_acceptor(
-                &cfg.tls.cert,
-                &cfg.tls.key,
-                &cfg.tls.client_ca,
-                cfg.tls.require_client_cert,
-            )?;
+            let t = &cfg.tls;
+            let build = {
+                let t = t.clone();
+                move || {
+                    edge::tls_acceptor(&t.cert, &t.key, &t.client_ca, t.require_client_cert, &t.crl)
+                }
+            };
+            let acceptor = Arc::new(ArcSwap::from_pointee(build()?));
+            if !t.crl.is_empty() {
+                let swap = acceptor.clone();
+                let crl = t.crl.clone();
+                let w = watch_file(Path::new(&t.crl), move || match build() {
+                    Ok(a) => {
+                        swap.store(Arc::new(a));
+                        tracing::info!(crl, "CRL reloaded");
+                    }
+                    Err(e) => tracing::error!(crl, error = %e, "CRL reload failed; keeping the previous one"),
+                })
+                .map_err(|source| AppError::Watch { path: t.crl.clone(), source })?;
+                watches.push(w);
+            }
             let l = bind("tls.listen", cfg.tls.listen).await?;
             let addr = local_addr(&l, "tls.listen", cfg.tls.listen)?;
             let t = Transport::Tls {
                 acceptor,
                 handshake_timeout: cfg.tls.handshake_timeout,
+                identity: cfg.tls.identity,
             };
             tasks.spawn(edge::accept_loop(
                 l,
@@ -196,8 +261,98 @@ impl App {
             broker,
             tasks,
             grace: cfg.shutdown.grace,
+            _watches: watches,
         })
     }
+}
+
+/// Reloads the users file, the ACL file and the config file's ACL rules when they change.
+fn watch_auth(
+    cfg: &Config,
+    config_path: Option<PathBuf>,
+    auth: &Arc<Auth>,
+) -> Result<Vec<FileWatch>, AppError> {
+    let mut watches = Vec::new();
+    let watch_err = |path: &str| {
+        let path = path.to_string();
+        move |source| AppError::Watch { path, source }
+    };
+    if !cfg.auth.users_file.is_empty() {
+        let file = cfg.auth.users_file.clone();
+        let a = auth.clone();
+        watches.push(
+                watch_file(Path::new(&cfg.auth.users_file), move || match Users::load(Path::new(&file)) {
+                    Ok(u) => {
+                        tracing::info!(users = u.len(), file, "users file reloaded");
+                        a.set_users(u);
+                    }
+                    Err(e) => tracing::error!(error = %e, "users file reload failed; keeping the previous one"),
+                })
+                .map_err(watch_err(&cfg.auth.users_file))?,
+            );
+    }
+    // Either file changing rebuilds the whole rule list: config rules, then file rules.
+    let reload_acl = {
+        let a = auth.clone();
+        let config_path = config_path.clone();
+        let fallback = (cfg.acl.clone(), cfg.auth.acl_file.clone());
+        move || {
+            let (rules, file) = match &config_path {
+                Some(p) => match Config::load(Some(p)) {
+                    Ok(c) => (c.acl, c.auth.acl_file),
+                    Err(e) => {
+                        tracing::error!(error = %e, "config reload failed; ACL unchanged");
+                        return;
+                    }
+                },
+                None => fallback.clone(),
+            };
+            match load_acl(&rules, &file) {
+                Ok(acl) => {
+                    a.set_acl(acl);
+                    tracing::info!("ACL reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "ACL reload failed; keeping the previous one")
+                }
+            }
+        }
+    };
+    let reload_acl = Arc::new(reload_acl);
+    if !cfg.auth.acl_file.is_empty() {
+        let r = reload_acl.clone();
+        watches.push(
+            watch_file(Path::new(&cfg.auth.acl_file), move || r())
+                .map_err(watch_err(&cfg.auth.acl_file))?,
+        );
+    }
+    if let Some(p) = &config_path {
+        let r = reload_acl.clone();
+        let shown = p.display().to_string();
+        watches.push(watch_file(p, move || r()).map_err(watch_err(&shown))?);
+    }
+    Ok(watches)
+}
+
+/// Config rules followed by the rules of the ACL file (TOML with `[[acl]]` tables).
+fn load_acl(rules: &[Rule], file: &str) -> Result<Acl, AppError> {
+    let mut all = rules.to_vec();
+    if !file.is_empty() {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct AclFile {
+            #[serde(default)]
+            acl: Vec<Rule>,
+        }
+        let err = |reason: String| AppError::AclFile {
+            path: file.to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
+        let parsed: AclFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        all.extend(parsed.acl);
+    }
+    Ok(Acl::new(all))
 }
 
 fn local_addr(

@@ -30,6 +30,36 @@ enum Command {
         #[arg(long)]
         print_defaults: bool,
     },
+    /// Add or update a user in a users file (the password is read from the terminal or stdin).
+    Passwd {
+        file: PathBuf,
+        user: String,
+        /// Remove the user instead.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Local certificate authority for TLS and device certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+        /// Where the PEM files live.
+        #[arg(long, default_value = "certs", global = true)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a CA and a server certificate for localhost, 127.0.0.1 and each --host.
+    Init {
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate for a device (CN and DNS SAN = DEVICE).
+    Issue { device: String },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,7 +84,50 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => run(cli.config),
+        Command::Passwd {
+            file,
+            user,
+            delete: true,
+        } => {
+            moonwire::auth::users::delete_user(&file, &user)?;
+            eprintln!("removed {user} from {}", file.display());
+            Ok(())
+        }
+        Command::Passwd { file, user, .. } => {
+            let password = read_password()?;
+            moonwire::auth::users::set_password(&file, &user, &password)?;
+            eprintln!("set password for {user} in {}", file.display());
+            Ok(())
+        }
+        Command::Certs { command, dir } => {
+            let files = match command {
+                CertsCommand::Init { hosts, force } => moonwire::certs::init(&dir, &hosts, force)?,
+                CertsCommand::Issue { device } => moonwire::certs::issue(&dir, &device)?,
+            };
+            for f in files {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
     }
+}
+
+/// From the terminal (asked twice, not echoed) or, when piped, the first line of stdin —
+/// never from the command line, where other users could see it.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(first == again, "passwords do not match");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    Ok(password)
 }
 
 fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
@@ -64,7 +137,7 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let running = App::new(cfg).start().await?;
+        let running = App::new(cfg).config_path(config).start().await?;
         let token = running.shutdown_token();
         tokio::select! {
             _ = shutdown_signal() => tracing::info!("shutdown requested"),

@@ -16,10 +16,13 @@ pub enum DropReason {
     HandshakeFailed,
     InternalQueueFull,
     Protocol,
+    AuthFailed,
+    AclDenied,
+    RateLimited,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 10] = [
+    const ALL: [DropReason; 13] = [
         DropReason::Pipeline,
         DropReason::PacketTooLarge,
         DropReason::Malformed,
@@ -30,6 +33,9 @@ impl DropReason {
         DropReason::HandshakeFailed,
         DropReason::InternalQueueFull,
         DropReason::Protocol,
+        DropReason::AuthFailed,
+        DropReason::AclDenied,
+        DropReason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +50,9 @@ impl DropReason {
             DropReason::HandshakeFailed => "handshake_failed",
             DropReason::InternalQueueFull => "internal_queue_full",
             DropReason::Protocol => "protocol",
+            DropReason::AuthFailed => "auth_failed",
+            DropReason::AclDenied => "acl_denied",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -56,7 +65,7 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    drops: [AtomicU64; 10],
+    drops: [AtomicU64; 13],
 }
 
 impl Metrics {

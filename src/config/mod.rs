@@ -37,6 +37,66 @@ pub struct Config {
     pub router: RouterConfig,
     pub storage: StorageConfig,
     pub shutdown: ShutdownConfig,
+    pub auth: AuthConfig,
+    /// Topic access rules, tried in order (see `docs/SECURITY.md`).
+    #[serde(default)]
+    pub acl: Vec<crate::auth::Rule>,
+}
+
+/// `auth.allow_anonymous`: `true`, `false` or `"auto"` (allowed only while every listener is
+/// on loopback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnonymousPolicy {
+    Auto,
+    Allow,
+    Deny,
+}
+
+impl<'de> Deserialize<'de> for AnonymousPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            B(bool),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::B(true) => Ok(AnonymousPolicy::Allow),
+            Raw::B(false) => Ok(AnonymousPolicy::Deny),
+            Raw::S(s) => match s.as_str() {
+                "auto" => Ok(AnonymousPolicy::Auto),
+                "true" => Ok(AnonymousPolicy::Allow),
+                "false" => Ok(AnonymousPolicy::Deny),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected true, false or \"auto\", got `{other}`"
+                ))),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub users_file: String,
+    pub allow_anonymous: AnonymousPolicy,
+    #[serde(with = "humantime_serde")]
+    pub failed_login_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_failed_login_delay: Duration,
+    pub max_tracked_ips: usize,
+    pub admins: Vec<String>,
+    pub acl_file: String,
+}
+
+/// How a TLS client certificate names the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertIdentity {
+    #[serde(rename = "")]
+    None,
+    Cn,
+    San,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +119,10 @@ pub struct TlsConfig {
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    /// Use the client certificate's CN or first DNS SAN as the username.
+    pub identity: CertIdentity,
+    /// PEM certificate revocation list, reloaded on change.
+    pub crl: String,
 }
 
 impl TlsConfig {
@@ -94,6 +158,13 @@ pub struct LimitsConfig {
     pub max_topic_levels: usize,
     pub max_subscriptions: usize,
     pub receive_maximum: u16,
+    pub max_connections_per_ip: usize,
+    /// Publishes per second per client (token bucket); 0 disables.
+    pub publish_rate: u32,
+    /// Bucket size for `publish_rate` and `publish_bytes_rate` bursts, in seconds of rate.
+    pub publish_burst: u32,
+    /// Payload bytes per second per client; 0 disables.
+    pub publish_bytes_rate: ByteSize,
     /// Payload budget per topic filter; the most specific matching filter wins.
     #[serde(default)]
     pub topic_payload: std::collections::BTreeMap<String, ByteSize>,
@@ -121,6 +192,27 @@ pub struct ShutdownConfig {
 }
 
 impl Config {
+    /// Whether anonymous clients are allowed, resolving `"auto"` against the listeners.
+    pub fn anonymous_allowed(&self) -> bool {
+        match self.auth.allow_anonymous {
+            AnonymousPolicy::Allow => true,
+            AnonymousPolicy::Deny => false,
+            AnonymousPolicy::Auto => self.listeners().iter().all(|a| a.ip().is_loopback()),
+        }
+    }
+
+    /// Addresses of the enabled MQTT listeners.
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        let mut v = vec![self.mqtt.listen];
+        if self.tls.enabled() {
+            v.push(self.tls.listen);
+        }
+        if self.ws.enabled {
+            v.push(self.ws.listen);
+        }
+        v
+    }
+
     /// Loads defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Self::load_with_env(file, std::env::vars())
@@ -196,6 +288,27 @@ impl Config {
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls.cert", "tls.cert and tls.key must be set together");
+        }
+        if self.tls.identity != CertIdentity::None && self.tls.client_ca.is_empty() {
+            return bad("tls.identity", "needs tls.client_ca");
+        }
+        if self.limits.publish_rate > 0 && self.limits.publish_burst == 0 {
+            return bad(
+                "limits.publish_burst",
+                "must be at least 1 when publish_rate is set",
+            );
+        }
+        for (i, rule) in self.acl.iter().enumerate() {
+            if !crate::pipeline::valid_filter(&rule.topic.replace("%u", "u").replace("%c", "c")) {
+                return Err(ConfigError::Key {
+                    key: "acl.topic",
+                    reason: format!(
+                        "rule {} has an invalid topic filter `{}`",
+                        i + 1,
+                        rule.topic
+                    ),
+                });
+            }
         }
         if self.tls.require_client_cert && self.tls.client_ca.is_empty() {
             return bad("tls.require_client_cert", "needs tls.client_ca");

@@ -7,8 +7,10 @@ mod ws;
 
 pub use tls::{TlsError, tls_acceptor};
 
+use crate::config::CertIdentity;
 use crate::metrics::DropReason;
-use crate::mqtt::{Broker, session};
+use crate::mqtt::{Broker, ConnMeta, ip_slot, session};
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +25,10 @@ use tokio_util::task::TaskTracker;
 pub enum Transport {
     Tcp,
     Tls {
-        acceptor: TlsAcceptor,
+        /// Swapped when the CRL file changes.
+        acceptor: Arc<ArcSwap<TlsAcceptor>>,
         handshake_timeout: Duration,
+        identity: CertIdentity,
     },
     WebSocket {
         handshake_timeout: Duration,
@@ -74,40 +78,68 @@ pub async fn accept_loop(
             tracing::debug!(%peer, listener = transport.name(), "listener connection limit reached");
             continue;
         };
+        let Some(slot) = ip_slot(&broker, peer.ip()) else {
+            broker.metrics.dropped(DropReason::ConnectionLimit, 1);
+            tracing::debug!(%peer, "per-address connection limit reached");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
         let transport = transport.clone();
         tasks.spawn(async move {
             handle(stream, peer, transport, broker).await;
+            drop(slot);
             drop(permit);
         });
     }
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, transport: Transport, broker: Arc<Broker>) {
+    let meta = ConnMeta {
+        peer,
+        cert_identity: None,
+    };
     match transport {
-        Transport::Tcp => session::serve(stream, peer, broker).await,
+        Transport::Tcp => session::serve(stream, meta, broker).await,
         Transport::Tls {
             acceptor,
             handshake_timeout,
+            identity,
         } => {
+            let acceptor = acceptor.load_full();
             let tls = tokio::select! {
                 r = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => r,
                 _ = broker.shutdown.cancelled() => return,
             };
             match tls {
-                Ok(Ok(s)) => session::serve(s, peer, broker).await,
+                Ok(Ok(s)) => {
+                    let cert_identity = s
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| tls::identity(c, identity));
+                    session::serve(
+                        s,
+                        ConnMeta {
+                            cert_identity,
+                            ..meta
+                        },
+                        broker,
+                    )
+                    .await
+                }
                 Ok(Err(e)) => handshake_failed(&broker, peer, "tls", &e.to_string()),
                 Err(_) => handshake_failed(&broker, peer, "tls", "handshake timed out"),
             }
         }
         Transport::WebSocket { handshake_timeout } => {
-            serve_ws(stream, peer, handshake_timeout, broker).await
+            serve_ws(stream, meta, handshake_timeout, broker).await
         }
     }
 }
 
-async fn serve_ws<S>(stream: S, peer: SocketAddr, timeout: Duration, broker: Arc<Broker>)
+async fn serve_ws<S>(stream: S, meta: ConnMeta, timeout: Duration, broker: Arc<Broker>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -116,9 +148,9 @@ where
         _ = broker.shutdown.cancelled() => return,
     };
     match ws {
-        Ok(Ok(s)) => session::serve(s, peer, broker).await,
-        Ok(Err(e)) => handshake_failed(&broker, peer, "ws", &e.to_string()),
-        Err(_) => handshake_failed(&broker, peer, "ws", "handshake timed out"),
+        Ok(Ok(s)) => session::serve(s, meta, broker).await,
+        Ok(Err(e)) => handshake_failed(&broker, meta.peer, "ws", &e.to_string()),
+        Err(_) => handshake_failed(&broker, meta.peer, "ws", "handshake timed out"),
     }
 }
 

@@ -1,5 +1,6 @@
 //! rustls server configuration, built once at start from PEM files.
 
+use crate::config::CertIdentity;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -58,12 +59,53 @@ fn read_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-/// Builds the acceptor from a certificate chain, its key, and optionally a client CA bundle.
+fn read_crls(
+    path: &str,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    let data = std::fs::read(Path::new(path)).map_err(|source| TlsError::Read {
+        path: path.to_string(),
+        source,
+    })?;
+    rustls_pemfile::crls(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Read {
+            path: path.to_string(),
+            source,
+        })
+}
+
+/// The device identity in a client certificate: its subject CN or first DNS SAN.
+pub fn identity(cert: &CertificateDer<'_>, mode: CertIdentity) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    match mode {
+        CertIdentity::None => None,
+        CertIdentity::Cn => parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string),
+        CertIdentity::San => parsed
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+            }),
+    }
+}
+
+/// Builds the acceptor from a certificate chain, its key, and optionally a client CA bundle
+/// and a CRL.
 pub fn tls_acceptor(
     cert: &str,
     key: &str,
     client_ca: &str,
     require_client_cert: bool,
+    crl: &str,
 ) -> Result<TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -75,7 +117,10 @@ pub fn tls_acceptor(
         for c in read_certs(client_ca)? {
             roots.add(c)?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        if !crl.is_empty() {
+            verifier = verifier.with_crls(read_crls(crl)?);
+        }
         let verifier = if require_client_cert {
             verifier.build()
         } else {

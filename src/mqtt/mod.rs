@@ -12,6 +12,7 @@ pub use codec::Version;
 pub use internal::Internal;
 pub use registry::Registry;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{Message, Outcome, Pipeline};
@@ -31,6 +32,10 @@ pub struct SessionLimits {
     pub receive_maximum: u16,
     pub connect_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub publish_rate: u32,
+    pub publish_bytes_rate: u64,
+    pub publish_burst: u32,
 }
 
 impl SessionLimits {
@@ -43,6 +48,10 @@ impl SessionLimits {
             receive_maximum: cfg.limits.receive_maximum,
             connect_timeout: cfg.mqtt.connect_timeout,
             max_connections: cfg.limits.max_connections,
+            max_connections_per_ip: cfg.limits.max_connections_per_ip,
+            publish_rate: cfg.limits.publish_rate,
+            publish_bytes_rate: cfg.limits.publish_bytes_rate.0,
+            publish_burst: cfg.limits.publish_burst,
         }
     }
 }
@@ -59,6 +68,50 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// Live router links of clients, for `limits.max_connections`.
     pub links: AtomicUsize,
+    pub auth: Arc<Auth>,
+    /// Open connections per source address, for `limits.max_connections_per_ip`.
+    pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Counts one connection against its source address until dropped.
+pub struct IpSlot {
+    broker: Arc<Broker>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.broker.per_ip.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Takes a per-address connection slot, or `None` when that address is at its limit.
+pub fn ip_slot(broker: &Arc<Broker>, ip: std::net::IpAddr) -> Option<IpSlot> {
+    let max = broker.limits.max_connections_per_ip;
+    let mut map = broker.per_ip.lock();
+    let n = map.entry(ip).or_insert(0);
+    if max > 0 && *n >= max {
+        return None;
+    }
+    *n += 1;
+    Some(IpSlot {
+        broker: broker.clone(),
+        ip,
+    })
+}
+
+/// What the listener knows about a connection before MQTT starts.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    pub peer: std::net::SocketAddr,
+    /// Identity from the TLS client certificate, when `tls.identity` is set.
+    pub cert_identity: Option<String>,
 }
 
 impl Broker {

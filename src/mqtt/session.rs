@@ -9,14 +9,14 @@
 
 use super::codec::{Codec, CodecError, Frame, Version, detect_version};
 use super::internal::INTERNAL_CLIENT_ID;
-use super::{Broker, SessionLimits};
+use super::{Broker, ConnMeta, SessionLimits};
+use crate::auth::{AuthError, Principal};
 use crate::metrics::DropReason;
 use crate::pipeline::{DropCode, Message, Origin, Outcome, Props, now_ms, valid_filter};
 use crate::router::protocol::*;
 use crate::router::{Link, Outbound, RouterError, Will, build_publish};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -50,6 +50,8 @@ pub enum SessionError {
     Router(#[from] RouterError),
     #[error("connection refused: {0:?}")]
     Refused(ConnectReturnCode),
+    #[error("publish rate limit exceeded persistently")]
+    RateAbuse,
 }
 
 /// How long a new session waits for the one it takes over to close.
@@ -60,10 +62,11 @@ const READ_CHUNK: usize = 4096;
 const WRITE_BATCH: usize = 512;
 
 /// Serves one accepted connection until it closes.
-pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>)
+pub async fn serve<S>(stream: S, meta: ConnMeta, broker: Arc<Broker>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = meta.peer;
     let (reader, writer) = tokio::io::split(stream);
     let mut io = Io {
         reader,
@@ -96,7 +99,7 @@ where
         will: will.map(|w| (w, will_props)),
         login,
     };
-    run_connected(io, codec, ctx, peer, broker).await;
+    run_connected(io, codec, ctx, meta, broker).await;
 }
 
 fn note_failure(broker: &Broker, e: &SessionError) {
@@ -107,6 +110,7 @@ fn note_failure(broker: &Broker, e: &SessionError) {
         SessionError::Protocol(_) => DropReason::Protocol,
         SessionError::TopicInvalid(_) => DropReason::TopicInvalid,
         SessionError::KeepAlive => DropReason::KeepAlive,
+        SessionError::RateAbuse => DropReason::RateLimited,
         _ => return,
     };
     broker.metrics.dropped(reason, 1);
@@ -212,13 +216,73 @@ struct Session<R, W> {
     to_router: VecDeque<Packet>,
     /// Acks to write once `to_router` has been handed over.
     acks: Vec<Packet>,
+    rate: RateLimit,
+}
+
+/// Per-client publish token buckets (messages and bytes). Refusals beyond a second burst's
+/// worth in a row count as sustained abuse.
+struct RateLimit {
+    msgs: Option<(f64, f64, f64)>,
+    bytes: Option<(f64, f64, f64)>,
+    last: Instant,
+    refused_in_a_row: u32,
+    abuse_after: u32,
+}
+
+impl RateLimit {
+    fn new(l: &SessionLimits) -> Self {
+        let bucket = |rate: f64| {
+            (rate > 0.0).then_some((
+                rate,
+                rate * l.publish_burst as f64,
+                rate * l.publish_burst as f64,
+            ))
+        };
+        RateLimit {
+            msgs: bucket(l.publish_rate as f64),
+            bytes: bucket(l.publish_bytes_rate as f64),
+            last: Instant::now(),
+            refused_in_a_row: 0,
+            abuse_after: (l.publish_rate.max(1)).saturating_mul(l.publish_burst.max(1)),
+        }
+    }
+
+    /// `Ok(true)` allowed, `Ok(false)` over the limit, `Err` sustained abuse.
+    fn admit(&mut self, len: usize) -> Result<bool, SessionError> {
+        if self.msgs.is_none() && self.bytes.is_none() {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let mut ok = true;
+        for (bucket, cost) in [(&mut self.msgs, 1.0), (&mut self.bytes, len as f64)] {
+            if let Some((rate, cap, tokens)) = bucket {
+                *tokens = (*tokens + *rate * dt).min(*cap);
+                if *tokens >= cost {
+                    *tokens -= cost;
+                } else {
+                    ok = false;
+                }
+            }
+        }
+        if ok {
+            self.refused_in_a_row = 0;
+            return Ok(true);
+        }
+        self.refused_in_a_row += 1;
+        if self.refused_in_a_row > self.abuse_after {
+            return Err(SessionError::RateAbuse);
+        }
+        Ok(false)
+    }
 }
 
 async fn run_connected<R, W>(
     mut io: Io<R, W>,
     codec: Codec,
     info: ConnectInfo,
-    peer: SocketAddr,
+    meta: ConnMeta,
     broker: Arc<Broker>,
 ) where
     R: AsyncRead + Unpin + Send,
@@ -257,6 +321,27 @@ async fn run_connected<R, W>(
         .await;
         return;
     }
+    let peer = meta.peer;
+    let login = info
+        .login
+        .as_ref()
+        .map(|l| (l.username.as_str(), l.password.as_bytes()));
+    let username = match broker
+        .auth
+        .authenticate(peer.ip(), login, meta.cert_identity.as_deref())
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!(%peer, client_id = connect.client_id, error = %e, "connection refused");
+            let code = match e {
+                AuthError::BadCredentials => ConnectReturnCode::BadUserNamePassword,
+                AuthError::NotAuthorized => ConnectReturnCode::NotAuthorized,
+            };
+            let _ = refuse_connect(&mut io, &codec, refuse(code), &e.to_string()).await;
+            return;
+        }
+    };
     // Count the link before asking the router: over the limit the router drops the connect
     // silently, so the edge answers instead.
     if broker.links.fetch_add(1, Relaxed) >= broker.limits.max_connections {
@@ -337,7 +422,8 @@ async fn run_connected<R, W>(
         codec,
         broker: broker.clone(),
         client_id: client_id.clone(),
-        username: info.login.map(|l| l.username).filter(|u| !u.is_empty()),
+        username,
+        rate: RateLimit::new(&broker.limits),
         will: info.will,
         keep_alive: Duration::from_secs(connect.keep_alive as u64),
         request_problem_info: props.request_problem_info != Some(0),
@@ -568,6 +654,24 @@ where
             self.acks.push(pubrec(pkid, None));
             return Ok(());
         }
+        if !self.rate.admit(publish.payload.len())? {
+            self.broker.metrics.dropped(DropReason::RateLimited, 1);
+            let refused = Some((
+                DropCode::QuotaExceeded,
+                "publish rate limit exceeded".to_string(),
+            ));
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.acks.push(self.puback(pkid, refused)),
+                QoS::ExactlyOnce => {
+                    if self.codec.version == Version::V311 {
+                        self.qos2_incoming.insert(pkid);
+                    }
+                    self.acks.push(pubrec(pkid, Some(DropCode::QuotaExceeded)));
+                }
+            }
+            return Ok(());
+        }
         let broker = self.broker.clone();
         let topic_str = std::str::from_utf8(&publish.topic).unwrap_or_default();
         let wants = broker.pipeline.wants(topic_str, publish.payload.len());
@@ -691,11 +795,20 @@ where
                 SubscribeReasonCode::Failure
             }
         };
+        let principal = Principal {
+            username: self.username.as_deref(),
+            client_id: &self.client_id,
+            admin: self.broker.auth.is_admin(self.username.as_deref()),
+        };
+        let acl = self.broker.auth.acl();
         for f in sub.filters.drain(..) {
             let new = !self.filters.contains(&f.path);
             let code =
                 if !valid_filter(&f.path) || f.path.len() > self.broker.limits.max_topic_length {
                     Some(fail(SubscribeReasonCode::TopicFilterInvalid))
+                } else if !acl.can_subscribe(&principal, &f.path) {
+                    self.broker.metrics.dropped(DropReason::AclDenied, 1);
+                    Some(fail(SubscribeReasonCode::NotAuthorized))
                 } else if f.path.starts_with('$') && !f.path.starts_with("$share/") {
                     // No `$` topics are served yet, and the router refuses such filters.
                     Some(fail(SubscribeReasonCode::TopicFilterInvalid))
@@ -712,6 +825,7 @@ where
             }
             codes.push(code);
         }
+        drop(acl);
         if accepted.is_empty() {
             let return_codes = codes.into_iter().flatten().collect();
             self.acks.push(Packet::SubAck(
@@ -849,6 +963,7 @@ where
             SessionError::Codec(_) => (Some(DisconnectReasonCode::MalformedPacket), true),
             SessionError::Protocol(_) => (Some(DisconnectReasonCode::ProtocolError), true),
             SessionError::TopicInvalid(_) => (Some(DisconnectReasonCode::TopicNameInvalid), true),
+            SessionError::RateAbuse => (Some(DisconnectReasonCode::MessageRateTooHigh), true),
             _ => (None, true),
         };
         tracing::debug!(client_id = self.client_id, reason = %why, "session closing");
