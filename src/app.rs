@@ -1,6 +1,8 @@
 //! Wiring: starts the router, the listeners and the HTTP server from a [`Config`], and returns
 //! a [`Running`] handle with the bound addresses and a shutdown method.
 
+use crate::blocks::broker::{BlocksStage, BlocksTap, QueuePublisher};
+use crate::blocks::{BlockEngine, BlockError, EngineOptions, Publisher};
 use crate::auth::{Acl, AclStage, Auth, AuthSettings, Rule, Users, UsersError};
 use crate::config::Config;
 use crate::edge::{self, TlsError, Transport};
@@ -37,6 +39,8 @@ pub enum AppError {
     AclFile { path: String, reason: String },
     #[error("watching {path}: {source}")]
     Watch { path: String, source: notify::Error },
+    #[error("blocks: {0}")]
+    Blocks(#[from] BlockError),
 }
 
 /// Builder for a broker: config plus extra pipeline stages and taps.
@@ -125,7 +129,19 @@ impl App {
             },
             metrics.clone(),
         ));
-        let mut watches = watch_auth(&cfg, self.config_path.clone(), &auth)?;
+        let (publisher, mut block_publishes) = QueuePublisher::new(cfg.block_engine.publish_queue.max(1));
+        let blocks = if cfg.blocks.is_empty() {
+            None
+        } else {
+            let bc = cfg.blocks_config();
+            let p: Arc<dyn Publisher> = publisher.clone();
+            // Compiling every script on every worker blocks; keep it off the async workers.
+            let engine = tokio::task::spawn_blocking(move || BlockEngine::start_with(bc, p, EngineOptions::default()))
+                .await
+                .map_err(|e| AppError::Blocks(BlockError::Spawn(std::io::Error::other(e.to_string()))))??;
+            Some(engine)
+        };
+        let mut watches = watch_config(&cfg, self.config_path.clone(), &auth, blocks.clone())?;
 
         // Stage 1 is the ACL: it applies to clients, wills and blocks alike.
         let mut pipeline = Pipeline::new().with_stage(Arc::new(AclStage { auth: auth.clone() }));
@@ -138,6 +154,11 @@ impl App {
         if !budgets.is_empty() {
             pipeline = pipeline.with_stage(Arc::new(budgets));
         }
+        if let Some(engine) = &blocks {
+            pipeline = pipeline
+                .with_stage(Arc::new(BlocksStage { engine: engine.clone() }))
+                .with_tap(Arc::new(BlocksTap { engine: engine.clone() }));
+        }
         for s in self.stages {
             pipeline = pipeline.with_stage(s);
         }
@@ -145,6 +166,7 @@ impl App {
             pipeline = pipeline.with_tap(t);
         }
 
+        let tasks = TaskTracker::new();
         let broker = Arc::new(Broker {
             limits: SessionLimits::from_config(&cfg),
             router,
@@ -155,9 +177,23 @@ impl App {
             shutdown: shutdown.clone(),
             links: AtomicUsize::new(0),
             auth,
+            blocks,
             per_ip: Default::default(),
         });
-        let tasks = TaskTracker::new();
+        {
+            // Block publishes re-enter the pipeline here, one at a time, in order.
+            let broker = broker.clone();
+            tasks.spawn(async move {
+                loop {
+                    let msg = tokio::select! {
+                        m = block_publishes.recv() => m,
+                        _ = broker.shutdown.cancelled() => None,
+                    };
+                    let Some(msg) = msg else { break };
+                    broker.publish(msg).await;
+                }
+            });
+        }
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -266,12 +302,15 @@ impl App {
     }
 }
 
-/// Reloads the users file, the ACL file and the config file's ACL rules when they change.
-fn watch_auth(
+/// Reloads the users file, the ACL file, and the config file's ACL rules and blocks when they
+/// change.
+fn watch_config(
     cfg: &Config,
     config_path: Option<PathBuf>,
     auth: &Arc<Auth>,
+    blocks: Option<BlockEngine>,
 ) -> Result<Vec<FileWatch>, AppError> {
+    let runtime = tokio::runtime::Handle::current();
     let mut watches = Vec::new();
     let watch_err = |path: &str| {
         let path = path.to_string();
@@ -299,9 +338,20 @@ fn watch_auth(
         move || {
             let (rules, file) = match &config_path {
                 Some(p) => match Config::load(Some(p)) {
-                    Ok(c) => (c.acl, c.auth.acl_file),
+                    Ok(c) => {
+                        if let Some(engine) = &blocks {
+                            let (engine, bc) = (engine.clone(), c.blocks_config());
+                            runtime.spawn(async move {
+                                match engine.reload(bc).await {
+                                    Ok(r) => tracing::info!(generation = r.generation, added = ?r.added, removed = ?r.removed, changed = ?r.changed, "blocks reloaded"),
+                                    Err(e) => tracing::error!(error = %e, "blocks reload failed; the previous blocks keep running"),
+                                }
+                            });
+                        }
+                        (c.acl, c.auth.acl_file)
+                    }
                     Err(e) => {
-                        tracing::error!(error = %e, "config reload failed; ACL unchanged");
+                        tracing::error!(error = %e, "config reload failed; ACL and blocks unchanged");
                         return;
                     }
                 },
@@ -370,6 +420,9 @@ impl Running {
     pub async fn shutdown(self) {
         self.broker.shutdown.cancel();
         self.tasks.close();
+        if let Some(engine) = &self.broker.blocks {
+            engine.shutdown().await;
+        }
         if tokio::time::timeout(self.grace, self.tasks.wait())
             .await
             .is_err()

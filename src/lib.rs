@@ -2,6 +2,7 @@
 //!
 //! Module map (a PUBLISH flows top to bottom):
 //! - [`auth`]: users file (argon2), anonymous policy, login back-off, topic ACLs.
+//! - [`blocks`]: Lua blocks — sandboxed scripts bound to topics, connects, subscribes, timers.
 //! - [`certs`]: `moonwire certs` — local CA, server and device certificates.
 //! - [`config`]: layered configuration (defaults → file → environment) and validation.
 //! - [`app`]: wiring; [`app::App::start`] returns the bound addresses and a shutdown handle.
@@ -15,6 +16,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod blocks;
 pub mod certs;
 pub mod config;
 pub mod edge;

@@ -38,6 +38,32 @@ enum Command {
         #[arg(long)]
         delete: bool,
     },
+    /// Run a block's handler once in the sandbox and print the verdict and every side effect.
+    TestBlock {
+        script: PathBuf,
+        /// Block name (kv namespace, ctx.block); default: the script's file stem.
+        #[arg(long)]
+        block: Option<String>,
+        /// Topic of the test message; without it, on_interval runs.
+        #[arg(long)]
+        topic: Option<String>,
+        /// File with the payload, or `-` for stdin.
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+        #[arg(long, default_value = "test-client")]
+        client_id: String,
+        /// The filter the block is bound with (fills ctx.matches); default: the topic.
+        #[arg(long)]
+        filter: Option<String>,
+        /// A copy of the broker's kv file to read and write.
+        #[arg(long)]
+        kv: Option<PathBuf>,
+        /// Directory holding lib/ for require; default: the script's directory.
+        #[arg(long)]
+        scripts_dir: Option<PathBuf>,
+    },
     /// Local certificate authority for TLS and device certificates.
     Certs {
         #[command(subcommand)]
@@ -97,6 +123,44 @@ fn main() -> anyhow::Result<()> {
             let password = read_password()?;
             moonwire::auth::users::set_password(&file, &user, &password)?;
             eprintln!("set password for {user} in {}", file.display());
+            Ok(())
+        }
+        Command::TestBlock {
+            script,
+            block,
+            topic,
+            payload,
+            qos,
+            client_id,
+            filter,
+            kv,
+            scripts_dir,
+        } => {
+            let payload = match payload {
+                None => Vec::new(),
+                Some(p) if p.as_os_str() == "-" => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                    buf
+                }
+                Some(p) => std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+            };
+            let opts = moonwire::blocks::DryRunOptions {
+                block_name: block,
+                topic,
+                payload: payload.into(),
+                qos,
+                client_id,
+                filter,
+                kv_path: kv,
+                scripts_dir,
+                ..Default::default()
+            };
+            let report = moonwire::blocks::dry_run(&script, opts)?;
+            println!("{report}");
+            if report.error.is_some() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Certs { command, dir } => {

@@ -41,6 +41,52 @@ pub struct Config {
     /// Topic access rules, tried in order (see `docs/SECURITY.md`).
     #[serde(default)]
     pub acl: Vec<crate::auth::Rule>,
+    /// Settings of the Lua blocks runtime.
+    pub block_engine: BlockEngineConfig,
+    /// Lua block bindings (`[[blocks]]`), run in this order (see `docs/BLOCKS.md`).
+    #[serde(default)]
+    pub blocks: Vec<crate::blocks::BlockConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockEngineConfig {
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub after_queue_capacity: usize,
+    pub max_hops: u8,
+    pub max_publishes_per_call: u32,
+    pub max_payload: ByteSize,
+    pub scripts_dir: PathBuf,
+    /// Empty: `<storage.data_dir>/blocks.redb`.
+    pub kv_path: String,
+    pub hot_reload: bool,
+    /// Block publishes waiting to enter the pipeline; beyond it `mqtt.publish` fails.
+    pub publish_queue: usize,
+}
+
+impl Config {
+    /// The blocks engine's view of `[block_engine]` and `[[blocks]]`.
+    pub fn blocks_config(&self) -> crate::blocks::BlocksConfig {
+        let e = &self.block_engine;
+        crate::blocks::BlocksConfig {
+            workers: (e.workers > 0).then_some(e.workers),
+            queue_capacity: e.queue_capacity,
+            after_queue_capacity: e.after_queue_capacity,
+            max_hops: e.max_hops,
+            max_publishes_per_call: e.max_publishes_per_call,
+            max_payload: crate::blocks::ByteSize(e.max_payload.0),
+            scripts_dir: e.scripts_dir.clone(),
+            kv_path: if e.kv_path.is_empty() {
+                self.storage.data_dir.join("blocks.redb")
+            } else {
+                PathBuf::from(&e.kv_path)
+            },
+            hot_reload: e.hot_reload,
+            blocks: self.blocks.clone(),
+        }
+    }
 }
 
 /// `auth.allow_anonymous`: `true`, `false` or `"auto"` (allowed only while every listener is
@@ -310,6 +356,10 @@ impl Config {
                 });
             }
         }
+        self.blocks_config().validate().map_err(|e| ConfigError::Key {
+            key: "blocks",
+            reason: e.to_string(),
+        })?;
         if self.tls.require_client_cert && self.tls.client_ca.is_empty() {
             return bad("tls.require_client_cert", "needs tls.client_ca");
         }

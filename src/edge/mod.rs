@@ -98,6 +98,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, transport: Transport, broke
     let meta = ConnMeta {
         peer,
         cert_identity: None,
+        cert_subject: None,
     };
     match transport {
         Transport::Tcp => session::serve(stream, meta, broker).await,
@@ -113,21 +114,13 @@ async fn handle(stream: TcpStream, peer: SocketAddr, transport: Transport, broke
             };
             match tls {
                 Ok(Ok(s)) => {
-                    let cert_identity = s
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| tls::identity(c, identity));
-                    session::serve(
-                        s,
-                        ConnMeta {
-                            cert_identity,
-                            ..meta
-                        },
-                        broker,
-                    )
-                    .await
+                    let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first());
+                    let meta = ConnMeta {
+                        cert_identity: cert.and_then(|c| tls::identity(c, identity)),
+                        cert_subject: cert.and_then(tls::subject),
+                        ..meta
+                    };
+                    session::serve(s, meta, broker).await
                 }
                 Ok(Err(e)) => handshake_failed(&broker, peer, "tls", &e.to_string()),
                 Err(_) => handshake_failed(&broker, peer, "tls", "handshake timed out"),

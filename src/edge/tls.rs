@@ -98,6 +98,12 @@ pub fn identity(cert: &CertificateDer<'_>, mode: CertIdentity) -> Option<String>
     }
 }
 
+/// The subject distinguished name of a certificate, e.g. `CN=cam-1`.
+pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.subject().to_string())
+}
+
 /// Builds the acceptor from a certificate chain, its key, and optionally a client CA bundle
 /// and a CRL.
 pub fn tls_acceptor(

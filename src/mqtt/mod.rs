@@ -69,6 +69,8 @@ pub struct Broker {
     /// Live router links of clients, for `limits.max_connections`.
     pub links: AtomicUsize,
     pub auth: Arc<Auth>,
+    /// The Lua blocks engine, for connect and subscribe hooks and the admin API.
+    pub blocks: Option<crate::blocks::BlockEngine>,
     /// Open connections per source address, for `limits.max_connections_per_ip`.
     pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
@@ -112,6 +114,8 @@ pub struct ConnMeta {
     pub peer: std::net::SocketAddr,
     /// Identity from the TLS client certificate, when `tls.identity` is set.
     pub cert_identity: Option<String>,
+    /// Subject of the verified TLS client certificate, if one was presented.
+    pub cert_subject: Option<String>,
 }
 
 impl Broker {

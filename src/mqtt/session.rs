@@ -200,6 +200,7 @@ struct Session<R, W> {
     broker: Arc<Broker>,
     client_id: String,
     username: Option<String>,
+    peer: std::net::SocketAddr,
     will: Option<Will>,
     keep_alive: Duration,
     request_problem_info: bool,
@@ -342,6 +343,21 @@ async fn run_connected<R, W>(
             return;
         }
     };
+    if let Some(engine) = &broker.blocks {
+        let info = crate::blocks::ConnectInfo {
+            client_id: connect.client_id.clone(),
+            username: username.clone(),
+            peer,
+            cert_subject: meta.cert_subject.clone(),
+        };
+        if let Err(reason) = engine.on_connect(info).await {
+            tracing::info!(%peer, client_id = connect.client_id, reason, "connection refused by a connect block");
+            broker.metrics.dropped(DropReason::AuthFailed, 1);
+            let ack = refuse(ConnectReturnCode::NotAuthorized);
+            let _ = refuse_connect(&mut io, &codec, ack, &reason).await;
+            return;
+        }
+    }
     // Count the link before asking the router: over the limit the router drops the connect
     // silently, so the edge answers instead.
     if broker.links.fetch_add(1, Relaxed) >= broker.limits.max_connections {
@@ -423,6 +439,7 @@ async fn run_connected<R, W>(
         broker: broker.clone(),
         client_id: client_id.clone(),
         username,
+        peer,
         rate: RateLimit::new(&broker.limits),
         will: info.will,
         keep_alive: Duration::from_secs(connect.keep_alive as u64),
@@ -593,7 +610,7 @@ where
                 Ok(())
             }
             Packet::Subscribe(sub, props) => {
-                self.handle_subscribe(sub, props);
+                self.handle_subscribe(sub, props).await;
                 Ok(())
             }
             Packet::Unsubscribe(unsub, props) => {
@@ -784,7 +801,7 @@ where
         }
     }
 
-    fn handle_subscribe(&mut self, mut sub: Subscribe, props: Option<SubscribeProperties>) {
+    async fn handle_subscribe(&mut self, mut sub: Subscribe, props: Option<SubscribeProperties>) {
         let mut codes: Vec<Option<SubscribeReasonCode>> = Vec::with_capacity(sub.filters.len());
         let mut accepted = Vec::with_capacity(sub.filters.len());
         let v5 = self.codec.version == Version::V5;
@@ -826,6 +843,31 @@ where
             codes.push(code);
         }
         drop(acl);
+        if let Some(engine) = self.broker.blocks.clone() {
+            // Subscribe blocks may refuse filters the static checks allowed.
+            let mut kept = Vec::with_capacity(accepted.len());
+            let mut slots = codes.iter_mut().filter(|c| c.is_none());
+            for f in accepted {
+                let client = crate::blocks::ClientInfo {
+                    client_id: self.client_id.clone(),
+                    username: self.username.clone(),
+                    peer: Some(self.peer),
+                };
+                let verdict = engine.on_subscribe(client, f.path.clone()).await;
+                let slot = slots.next();
+                match verdict {
+                    Ok(()) => kept.push(f),
+                    Err(reason) => {
+                        tracing::debug!(client_id = self.client_id, filter = f.path, reason, "subscribe refused by a block");
+                        self.filters.remove(&f.path);
+                        if let Some(slot) = slot {
+                            *slot = Some(fail(SubscribeReasonCode::NotAuthorized));
+                        }
+                    }
+                }
+            }
+            accepted = kept;
+        }
         if accepted.is_empty() {
             let return_codes = codes.into_iter().flatten().collect();
             self.acks.push(Packet::SubAck(

@@ -12,9 +12,13 @@ use tokio::sync::mpsc;
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// Defaults with every listener on an ephemeral loopback port.
+/// Defaults with every listener on an ephemeral loopback port, a fresh data directory, and
+/// no example blocks (tests of blocks add their own).
 pub fn test_config() -> Config {
     let mut cfg = Config::defaults().expect("defaults load");
+    cfg.blocks.clear();
+    // Kept (not deleted on drop) because the broker may outlive any handle the test holds.
+    cfg.storage.data_dir = tempfile::tempdir().expect("temp dir").keep();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     cfg.mqtt.listen = any;
     cfg.ws.listen = any;
