@@ -10,13 +10,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use moonwire::blocks::mlua::{self, Lua};
 use moonwire::blocks::{
     BlockConfig, BlockEngine, BlockEvent, BlockInfo, BlocksConfig, EngineOptions, HostExtension,
     Publisher,
 };
 use moonwire::pipeline::{Message, Origin, Props, Verdict};
-use bytes::Bytes;
 
 struct Sink;
 impl Publisher for Sink {

@@ -1,9 +1,9 @@
 //! Wiring: starts the router, the listeners and the HTTP server from a [`Config`], and returns
 //! a [`Running`] handle with the bound addresses and a shutdown method.
 
+use crate::auth::{Acl, AclStage, Auth, AuthSettings, Rule, Users, UsersError};
 use crate::blocks::broker::{BlocksStage, BlocksTap, QueuePublisher};
 use crate::blocks::{BlockEngine, BlockError, EngineOptions, Publisher};
-use crate::auth::{Acl, AclStage, Auth, AuthSettings, Rule, Users, UsersError};
 use crate::config::Config;
 use crate::edge::{self, TlsError, Transport};
 use crate::metrics::Metrics;
@@ -129,16 +129,21 @@ impl App {
             },
             metrics.clone(),
         ));
-        let (publisher, mut block_publishes) = QueuePublisher::new(cfg.block_engine.publish_queue.max(1));
+        let (publisher, mut block_publishes) =
+            QueuePublisher::new(cfg.block_engine.publish_queue.max(1));
         let blocks = if cfg.blocks.is_empty() {
             None
         } else {
             let bc = cfg.blocks_config();
             let p: Arc<dyn Publisher> = publisher.clone();
             // Compiling every script on every worker blocks; keep it off the async workers.
-            let engine = tokio::task::spawn_blocking(move || BlockEngine::start_with(bc, p, EngineOptions::default()))
-                .await
-                .map_err(|e| AppError::Blocks(BlockError::Spawn(std::io::Error::other(e.to_string()))))??;
+            let engine = tokio::task::spawn_blocking(move || {
+                BlockEngine::start_with(bc, p, EngineOptions::default())
+            })
+            .await
+            .map_err(|e| {
+                AppError::Blocks(BlockError::Spawn(std::io::Error::other(e.to_string())))
+            })??;
             Some(engine)
         };
         let mut watches = watch_config(&cfg, self.config_path.clone(), &auth, blocks.clone())?;
@@ -156,8 +161,12 @@ impl App {
         }
         if let Some(engine) = &blocks {
             pipeline = pipeline
-                .with_stage(Arc::new(BlocksStage { engine: engine.clone() }))
-                .with_tap(Arc::new(BlocksTap { engine: engine.clone() }));
+                .with_stage(Arc::new(BlocksStage {
+                    engine: engine.clone(),
+                }))
+                .with_tap(Arc::new(BlocksTap {
+                    engine: engine.clone(),
+                }));
         }
         for s in self.stages {
             pipeline = pipeline.with_stage(s);

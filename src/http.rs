@@ -28,7 +28,9 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Every bound block with its version, load time, counters and last error.

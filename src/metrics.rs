@@ -144,6 +144,165 @@ impl Metrics {
     }
 }
 
+/// Prometheus text for the blocks engine: per-block counters and latency, per-worker queues.
+pub fn render_blocks(snap: &crate::blocks::MetricsSnapshot) -> String {
+    use crate::blocks::HistogramSnapshot;
+    let mut out = String::with_capacity(4096);
+    fn family(out: &mut String, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+    let mut lines = Vec::new();
+    type Get = fn(&crate::blocks::BlockCounters) -> u64;
+    let counters: [(&str, &str, Get); 6] = [
+        (
+            "moonwire_block_invocations_total",
+            "Handler invocations per block.",
+            |c| c.invocations,
+        ),
+        (
+            "moonwire_block_errors_total",
+            "Handler errors per block.",
+            |c| c.errors,
+        ),
+        (
+            "moonwire_block_timeouts_total",
+            "Handler deadline overruns per block.",
+            |c| c.timeouts,
+        ),
+        (
+            "moonwire_block_publishes_total",
+            "mqtt.publish calls per block.",
+            |c| c.publishes,
+        ),
+        (
+            "moonwire_block_hop_refused_total",
+            "Publishes refused by the loop guard.",
+            |c| c.hop_refused,
+        ),
+        (
+            "moonwire_block_logs_suppressed_total",
+            "Log lines dropped by rate limiting.",
+            |c| c.logs_suppressed,
+        ),
+    ];
+    for (name, help, get) in counters {
+        family(&mut out, name, help, "counter");
+        for (block, c) in &snap.blocks {
+            let _ = writeln!(out, "{name}{{block=\"{block}\"}} {}", get(c));
+        }
+    }
+    family(
+        &mut out,
+        "moonwire_block_verdicts_total",
+        "Verdicts per block.",
+        "counter",
+    );
+    for (block, c) in &snap.blocks {
+        for (v, n) in [
+            ("pass", c.pass),
+            ("modify", c.modify),
+            ("drop", c.drop),
+            ("consume", c.consume),
+        ] {
+            let _ = writeln!(
+                out,
+                "moonwire_block_verdicts_total{{block=\"{block}\",verdict=\"{v}\"}} {n}"
+            );
+        }
+    }
+    let histogram = |out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot| {
+        for (le, n) in &h.buckets {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum.as_secs_f64());
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+    };
+    family(
+        &mut out,
+        "moonwire_block_latency_seconds",
+        "Handler latency per block.",
+        "histogram",
+    );
+    for (block, c) in &snap.blocks {
+        histogram(
+            &mut out,
+            "moonwire_block_latency_seconds",
+            &format!("block=\"{block}\""),
+            &c.latency,
+        );
+    }
+    family(
+        &mut out,
+        "moonwire_block_worker_queue_depth",
+        "Jobs waiting per blocks worker.",
+        "gauge",
+    );
+    for w in &snap.workers {
+        let _ = writeln!(
+            out,
+            "moonwire_block_worker_queue_depth{{worker=\"{}\"}} {}",
+            w.worker, w.queue_depth
+        );
+        lines.push((w.worker, w.after_overflow, w.backpressure_waits));
+    }
+    family(
+        &mut out,
+        "moonwire_block_after_overflow_total",
+        "after_publish messages skipped because the queue was full.",
+        "counter",
+    );
+    for (w, overflow, _) in &lines {
+        let _ = writeln!(
+            out,
+            "moonwire_block_after_overflow_total{{worker=\"{w}\"}} {overflow}"
+        );
+    }
+    family(
+        &mut out,
+        "moonwire_block_backpressure_waits_total",
+        "Publishers that waited for a full worker queue.",
+        "counter",
+    );
+    for (w, _, waits) in &lines {
+        let _ = writeln!(
+            out,
+            "moonwire_block_backpressure_waits_total{{worker=\"{w}\"}} {waits}"
+        );
+    }
+    family(
+        &mut out,
+        "moonwire_block_queue_wait_seconds",
+        "Time jobs waited in a worker queue.",
+        "histogram",
+    );
+    for w in &snap.workers {
+        histogram(
+            &mut out,
+            "moonwire_block_queue_wait_seconds",
+            &format!("worker=\"{}\"", w.worker),
+            &w.wait,
+        );
+    }
+    family(
+        &mut out,
+        "moonwire_block_reloads_total",
+        "Hot reloads of blocks by result.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "moonwire_block_reloads_total{{result=\"ok\"}} {}",
+        snap.reloads_ok
+    );
+    let _ = writeln!(
+        out,
+        "moonwire_block_reloads_total{{result=\"failed\"}} {}",
+        snap.reloads_failed
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,67 +319,4 @@ mod tests {
             DropReason::ALL.len()
         );
     }
-}
-
-/// Prometheus text for the blocks engine: per-block counters and latency, per-worker queues.
-pub fn render_blocks(snap: &crate::blocks::MetricsSnapshot) -> String {
-    use crate::blocks::HistogramSnapshot;
-    let mut out = String::with_capacity(4096);
-    fn family(out: &mut String, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-    let mut lines = Vec::new();
-    let counters: [(&str, &str, fn(&crate::blocks::BlockCounters) -> u64); 6] = [
-        ("moonwire_block_invocations_total", "Handler invocations per block.", |c| c.invocations),
-        ("moonwire_block_errors_total", "Handler errors per block.", |c| c.errors),
-        ("moonwire_block_timeouts_total", "Handler deadline overruns per block.", |c| c.timeouts),
-        ("moonwire_block_publishes_total", "mqtt.publish calls per block.", |c| c.publishes),
-        ("moonwire_block_hop_refused_total", "Publishes refused by the loop guard.", |c| c.hop_refused),
-        ("moonwire_block_logs_suppressed_total", "Log lines dropped by rate limiting.", |c| c.logs_suppressed),
-    ];
-    for (name, help, get) in counters {
-        family(&mut out, name, help, "counter");
-        for (block, c) in &snap.blocks {
-            let _ = writeln!(out, "{name}{{block=\"{block}\"}} {}", get(c));
-        }
-    }
-    family(&mut out, "moonwire_block_verdicts_total", "Verdicts per block.", "counter");
-    for (block, c) in &snap.blocks {
-        for (v, n) in [("pass", c.pass), ("modify", c.modify), ("drop", c.drop), ("consume", c.consume)] {
-            let _ = writeln!(out, "moonwire_block_verdicts_total{{block=\"{block}\",verdict=\"{v}\"}} {n}");
-        }
-    }
-    let histogram = |out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot| {
-        for (le, n) in &h.buckets {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum.as_secs_f64());
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
-    };
-    family(&mut out, "moonwire_block_latency_seconds", "Handler latency per block.", "histogram");
-    for (block, c) in &snap.blocks {
-        histogram(&mut out, "moonwire_block_latency_seconds", &format!("block=\"{block}\""), &c.latency);
-    }
-    family(&mut out, "moonwire_block_worker_queue_depth", "Jobs waiting per blocks worker.", "gauge");
-    for w in &snap.workers {
-        let _ = writeln!(out, "moonwire_block_worker_queue_depth{{worker=\"{}\"}} {}", w.worker, w.queue_depth);
-        lines.push((w.worker, w.after_overflow, w.backpressure_waits));
-    }
-    family(&mut out, "moonwire_block_after_overflow_total", "after_publish messages skipped because the queue was full.", "counter");
-    for (w, overflow, _) in &lines {
-        let _ = writeln!(out, "moonwire_block_after_overflow_total{{worker=\"{w}\"}} {overflow}");
-    }
-    family(&mut out, "moonwire_block_backpressure_waits_total", "Publishers that waited for a full worker queue.", "counter");
-    for (w, _, waits) in &lines {
-        let _ = writeln!(out, "moonwire_block_backpressure_waits_total{{worker=\"{w}\"}} {waits}");
-    }
-    family(&mut out, "moonwire_block_queue_wait_seconds", "Time jobs waited in a worker queue.", "histogram");
-    for w in &snap.workers {
-        histogram(&mut out, "moonwire_block_queue_wait_seconds", &format!("worker=\"{}\"", w.worker), &w.wait);
-    }
-    family(&mut out, "moonwire_block_reloads_total", "Hot reloads of blocks by result.", "counter");
-    let _ = writeln!(out, "moonwire_block_reloads_total{{result=\"ok\"}} {}", snap.reloads_ok);
-    let _ = writeln!(out, "moonwire_block_reloads_total{{result=\"failed\"}} {}", snap.reloads_failed);
-    out
 }

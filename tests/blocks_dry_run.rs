@@ -6,10 +6,10 @@ use blocks_support as common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::*;
 use moonwire::blocks::kv::KvStore;
 use moonwire::blocks::{BlockError, DryRunOptions, KvValue, OnError, SideEffect, dry_run};
 use moonwire::pipeline::{DropCode, Verdict};
-use common::*;
 
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -7,9 +7,9 @@ use blocks_support as common;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::*;
 use moonwire::blocks::{BlockEvent, ClientInfo, ConnectInfo, OnError};
 use moonwire::pipeline::{DropCode, Verdict};
-use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verdicts_pass_modify_drop_consume() {

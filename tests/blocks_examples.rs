@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::*;
 use moonwire::blocks::kv::KvStore;
 use moonwire::blocks::{BlockConfig, BlockEngine, BlockEvent, BlocksConfig, KvValue};
 use moonwire::pipeline::{DropCode, Message, Verdict};
-use common::*;
 use serde_json::Value as Json;
 
 fn scripts() -> PathBuf {

@@ -5,9 +5,9 @@ use blocks_support as common;
 
 use std::time::Duration;
 
+use common::*;
 use moonwire::blocks::{BlockEvent, DryRunOptions, KvValue, LogLevel, SideEffect, dry_run};
 use moonwire::pipeline::Verdict;
-use common::*;
 
 fn check(d: &Dir, body: &str) -> moonwire::blocks::DryRunReport {
     let s = d.script(

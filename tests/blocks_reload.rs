@@ -7,9 +7,9 @@ use blocks_support as common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::*;
 use moonwire::blocks::{BlockError, BlockEvent};
 use moonwire::pipeline::Verdict;
-use common::*;
 
 fn versioned(tag: &str, k: usize) -> String {
     format!(

@@ -5,9 +5,9 @@ use blocks_support as common;
 
 use std::time::{Duration, Instant};
 
+use common::*;
 use moonwire::blocks::{BlockError, BlockEvent, ByteSize, DryRunOptions, dry_run};
 use moonwire::pipeline::Verdict;
-use common::*;
 
 /// Runs `body` as an on_publish handler once in the dry-run sandbox; returns the error, if any.
 fn run_handler(d: &Dir, body: &str) -> Option<String> {

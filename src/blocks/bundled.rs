@@ -5,12 +5,30 @@
 use std::path::Path;
 
 const BUNDLED: &[(&str, &str)] = &[
-    ("scripts/validate_sensors.lua", include_str!("../../scripts/validate_sensors.lua")),
-    ("scripts/fanout_sensors.lua", include_str!("../../scripts/fanout_sensors.lua")),
-    ("scripts/enrich_motion.lua", include_str!("../../scripts/enrich_motion.lua")),
-    ("scripts/debounce_alerts.lua", include_str!("../../scripts/debounce_alerts.lua")),
-    ("scripts/heartbeat.lua", include_str!("../../scripts/heartbeat.lua")),
-    ("scripts/lib/home.lua", include_str!("../../scripts/lib/home.lua")),
+    (
+        "scripts/validate_sensors.lua",
+        include_str!("../../scripts/validate_sensors.lua"),
+    ),
+    (
+        "scripts/fanout_sensors.lua",
+        include_str!("../../scripts/fanout_sensors.lua"),
+    ),
+    (
+        "scripts/enrich_motion.lua",
+        include_str!("../../scripts/enrich_motion.lua"),
+    ),
+    (
+        "scripts/debounce_alerts.lua",
+        include_str!("../../scripts/debounce_alerts.lua"),
+    ),
+    (
+        "scripts/heartbeat.lua",
+        include_str!("../../scripts/heartbeat.lua"),
+    ),
+    (
+        "scripts/lib/home.lua",
+        include_str!("../../scripts/lib/home.lua"),
+    ),
 ];
 
 /// Reads `path`, falling back to the bundled example of the same path when it is missing.

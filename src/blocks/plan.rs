@@ -239,11 +239,12 @@ impl Plan {
         let mut plan = Plan::empty(config.clone());
         plan.generation = generation;
         for b in &config.blocks {
-            let source = super::bundled::read(&b.script).map_err(|source| BlockError::ReadScript {
-                block: b.name.clone(),
-                path: b.script.clone(),
-                source,
-            })?;
+            let source =
+                super::bundled::read(&b.script).map_err(|source| BlockError::ReadScript {
+                    block: b.name.clone(),
+                    path: b.script.clone(),
+                    source,
+                })?;
             let spec = Self::spec(b, source, registry.record(&b.name));
             match b.event {
                 BlockEvent::BeforePublish => spec

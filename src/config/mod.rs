@@ -356,10 +356,12 @@ impl Config {
                 });
             }
         }
-        self.blocks_config().validate().map_err(|e| ConfigError::Key {
-            key: "blocks",
-            reason: e.to_string(),
-        })?;
+        self.blocks_config()
+            .validate()
+            .map_err(|e| ConfigError::Key {
+                key: "blocks",
+                reason: e.to_string(),
+            })?;
         if self.tls.require_client_cert && self.tls.client_ca.is_empty() {
             return bad("tls.require_client_cert", "needs tls.client_ca");
         }

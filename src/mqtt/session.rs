@@ -858,7 +858,12 @@ where
                 match verdict {
                     Ok(()) => kept.push(f),
                     Err(reason) => {
-                        tracing::debug!(client_id = self.client_id, filter = f.path, reason, "subscribe refused by a block");
+                        tracing::debug!(
+                            client_id = self.client_id,
+                            filter = f.path,
+                            reason,
+                            "subscribe refused by a block"
+                        );
                         self.filters.remove(&f.path);
                         if let Some(slot) = slot {
                             *slot = Some(fail(SubscribeReasonCode::NotAuthorized));

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use moonwire::blocks::mlua::{self, Lua};
 use moonwire::blocks::{
     BlockConfig, BlockEngine, BlockEvent, BlockInfo, BlocksConfig, EngineOptions, HostExtension,
     Publisher,
 };
 use moonwire::pipeline::{Message, Origin, Props};
-use bytes::Bytes;
 
 pub struct Collect(pub Mutex<Vec<Message>>);
 
