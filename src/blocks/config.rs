@@ -86,69 +86,8 @@ pub enum OnError {
     Drop,
 }
 
-/// A byte count written with a unit (`"64MiB"`, `"512KiB"`, `"1MB"`) or as a plain integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    pub const fn kib(n: u64) -> Self {
-        ByteSize(n * 1024)
-    }
-    pub const fn mib(n: u64) -> Self {
-        ByteSize(n * 1024 * 1024)
-    }
-    pub fn as_usize(self) -> usize {
-        usize::try_from(self.0).unwrap_or(usize::MAX)
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const MIB: u64 = 1024 * 1024;
-        match self.0 {
-            n if n >= MIB && n % MIB == 0 => write!(f, "{}MiB", n / MIB),
-            n if n >= 1024 && n % 1024 == 0 => write!(f, "{}KiB", n / 1024),
-            n => write!(f, "{n}B"),
-        }
-    }
-}
-
-impl FromStr for ByteSize {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ConfigError::BadSize(s.to_owned());
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" | "b" => 1,
-            "KiB" | "kib" => 1 << 10,
-            "MiB" | "mib" => 1 << 20,
-            "GiB" | "gib" => 1 << 30,
-            "KB" | "kB" | "kb" => 1_000,
-            "MB" | "mb" => 1_000_000,
-            "GB" | "gb" => 1_000_000_000,
-            _ => return Err(bad()),
-        };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(bad)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
+/// Byte sizes share the broker config's type and parser.
+pub use crate::config::ByteSize;
 
 /// One binding of a script to an event (`[[blocks.blocks]]` in the broker's TOML).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -316,8 +255,6 @@ pub enum ConfigError {
     },
     #[error("blocks.{key}: {reason}")]
     InvalidValue { key: String, reason: String },
-    #[error("invalid size `{0}` (use e.g. \"64MiB\", \"512KiB\", \"1MB\" or a byte count)")]
-    BadSize(String),
 }
 
 impl BlocksConfig {
