@@ -83,6 +83,14 @@ impl Watcher {
             } else {
                 RecursiveMode::NonRecursive
             };
+            if !dir.exists() {
+                tracing::info!(
+                    target: "moonwire::blocks",
+                    "{} does not exist, so it is not watched for hot reload",
+                    dir.display()
+                );
+                continue;
+            }
             match watcher.watch(&dir, mode) {
                 Ok(()) => {
                     self.watched.insert((dir, recursive));
