@@ -524,3 +524,129 @@ async fn device_certificates_identity_and_revocation() {
     let _cam1_again = v4::connect(mtls_options(port, "cam1b", dir.path(), Some("cam1"))).await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lua_block_publishing_to_a_forbidden_topic_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("relay.lua");
+    std::fs::write(
+        &script,
+        r#"return { on_publish = function(msg)
+             local ok1 = mqtt.publish("alerts/" .. msg.payload, "from block")
+             local ok2 = mqtt.publish("home/forbidden", "from block")
+           end }"#,
+    )
+    .unwrap();
+    let mut cfg = test_config();
+    cfg.block_engine.scripts_dir = dir.path().to_owned();
+    let mut b = moonwire::blocks::BlockConfig::new(
+        "relay",
+        &script,
+        moonwire::blocks::BlockEvent::AfterPublish,
+    );
+    b.topics = vec!["in/#".into()];
+    b.identity = Some("relay-bot".into());
+    cfg.blocks = vec![b];
+    cfg.acl = vec![
+        rule(Some("relay-bot"), "alerts/#", Access::Write),
+        rule(None, "in/#", Access::ReadWrite),
+        rule(None, "#", Access::Read),
+    ];
+    let b = TestBroker::start_app(App::new(cfg)).await;
+    let mut sub = v4::connect(v4::options(b.port(), "s")).await;
+    sub.subscribe("alerts/#", v4::QoS::AtMostOnce).await;
+    sub.subscribe("home/#", v4::QoS::AtMostOnce).await;
+    let mut p = v4::connect(v4::options(b.port(), "p")).await;
+    p.publish_acked("in/x", false, "door").await;
+    let got = sub.next_publish().await.expect("allowed block publish");
+    assert_eq!(&got.topic, "alerts/door");
+    assert!(
+        sub.next_publish_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "forbidden block publish delivered"
+    );
+    assert!(
+        b.metrics()
+            .await
+            .contains("moonwire_drops_total{reason=\"acl_denied\"} 1")
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_property_lists_are_bounded_by_the_packet_limit() {
+    let b = TestBroker::start_with(|c| {
+        c.limits.max_packet_size = moonwire::config::ByteSize(64 * 1024)
+    })
+    .await;
+    let mut sub = v4::connect(v4::options(b.port(), "s")).await;
+    sub.subscribe("props/#", v4::QoS::AtMostOnce).await;
+    // A v5 PUBLISH with n user properties "k"="v".
+    let publish = |n: usize, claimed: Option<usize>| {
+        let mut props = Vec::new();
+        for _ in 0..n {
+            props.extend_from_slice(&[0x26, 0, 1, b'k', 0, 1, b'v']);
+        }
+        let mut body = vec![0, 7];
+        body.extend_from_slice(b"props/x");
+        let len = claimed.unwrap_or(props.len());
+        let mut v = len;
+        loop {
+            let mut byte = (v % 128) as u8;
+            v /= 128;
+            if v > 0 {
+                byte |= 0x80;
+            }
+            body.push(byte);
+            if v == 0 {
+                break;
+            }
+        }
+        body.extend(props);
+        body.extend_from_slice(b"payload");
+        raw::packet(0x30, &body)
+    };
+    let mut c = raw::Conn::open(b.mqtt).await;
+    c.send(&raw::connect(5, "props", 0)).await;
+    c.read(WAIT).await.unwrap();
+    // 8,000 properties (56 KB) fit the limit and are delivered.
+    c.send(&publish(8000, None)).await;
+    assert_eq!(
+        &sub.next_publish().await.expect("delivered").payload[..],
+        b"payload"
+    );
+    // 20,000 do not: the packet is refused before it is read.
+    c.send(&publish(20_000, None)).await;
+    let (first, body) = c.read(WAIT).await.expect("DISCONNECT");
+    assert_eq!((first, body[0]), (0xE0, 0x95));
+    // A property length that overruns the packet is malformed.
+    let mut c = raw::Conn::open(b.mqtt).await;
+    c.send(&raw::connect(5, "liar", 0)).await;
+    c.read(WAIT).await.unwrap();
+    c.send(&publish(3, Some(5000))).await;
+    let (first, body) = c.read(WAIT).await.expect("DISCONNECT");
+    assert_eq!((first, body[0]), (0xE0, 0x81));
+    // Tens of thousands of SUBSCRIBEs: the default limit (1000) holds, the connection survives.
+    let mut s = raw::Conn::open(b.mqtt).await;
+    s.send(&raw::connect(4, "greedy", 0)).await;
+    s.read(WAIT).await.unwrap();
+    let mut burst = Vec::new();
+    for i in 0..20_000u32 {
+        burst.extend(raw::subscribe(
+            4,
+            (i % 60_000 + 1) as u16,
+            &format!("f/{i}"),
+            0,
+        ));
+    }
+    s.send(&burst).await;
+    let mut refused = 0;
+    for _ in 0..20_000 {
+        let (first, body) = s.read(WAIT).await.expect("SUBACK");
+        assert_eq!(first, 0x90);
+        refused += (body[2] == 0x80) as u32;
+    }
+    assert_eq!(refused, 19_000);
+    b.stop().await;
+}
