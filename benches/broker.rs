@@ -29,6 +29,13 @@ enum Kind {
     Moonwire,
     Rumqttd,
     Mosquitto,
+    /// moonwire with a pass-through before_publish block on `bench/+`.
+    BlockPass,
+    /// moonwire with a JSON decode-modify-encode block on `bench/+`.
+    BlockJson,
+    /// moonwire, one blocks worker, a JSON block on `bench/+` and a block waiting 50 ms in a
+    /// host call on `slow/+`.
+    BlockSlow,
 }
 
 impl Kind {
@@ -37,7 +44,54 @@ impl Kind {
             Kind::Moonwire => "moonwire",
             Kind::Rumqttd => "rumqttd (stock)",
             Kind::Mosquitto => "mosquitto",
+            Kind::BlockPass => "moonwire + pass-through block",
+            Kind::BlockJson => "moonwire + JSON block",
+            Kind::BlockSlow => "moonwire + JSON block, 50 ms block on another topic",
         }
+    }
+
+    fn serve_name(self) -> &'static str {
+        match self {
+            Kind::Moonwire => "moonwire",
+            Kind::Rumqttd => "rumqttd",
+            Kind::Mosquitto => "mosquitto",
+            Kind::BlockPass => "block-pass",
+            Kind::BlockJson => "block-json",
+            Kind::BlockSlow => "block-slow",
+        }
+    }
+}
+
+const PASS_LUA: &str = "return { on_publish = function(msg) return nil end }";
+const JSON_LUA: &str = "return { on_publish = function(msg)
+  local v = json.decode(msg.payload)
+  if v == nil then return nil end
+  v.checked = true
+  return { payload = json.encode(v) }
+end }";
+const SLOW_LUA: &str = "return { on_publish = function(msg) bench.sleep(50) return nil end }";
+
+/// `bench.sleep(ms)`: an async host call, standing in for a slow media call.
+struct SleepExt;
+
+impl moonwire::blocks::HostExtension for SleepExt {
+    fn name(&self) -> &str {
+        "bench"
+    }
+    fn install(
+        &self,
+        lua: &moonwire::blocks::mlua::Lua,
+        _: &moonwire::blocks::BlockInfo,
+    ) -> moonwire::blocks::mlua::Result<()> {
+        let t = lua.create_table()?;
+        t.set(
+            "sleep",
+            lua.create_async_function(|_, ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(())
+            })?,
+        )?;
+        lua.globals().set("bench", t)
     }
 }
 
@@ -52,14 +106,13 @@ impl BrokerProc {
         let port = free_port();
         let exe = std::env::current_exe().expect("bench binary path");
         let (child, dir) = match kind {
-            Kind::Moonwire | Kind::Rumqttd => {
-                let which = if kind == Kind::Moonwire {
-                    "moonwire"
-                } else {
-                    "rumqttd"
-                };
+            Kind::Moonwire
+            | Kind::Rumqttd
+            | Kind::BlockPass
+            | Kind::BlockJson
+            | Kind::BlockSlow => {
                 let child = Command::new(exe)
-                    .args(["--serve", which, &port.to_string()])
+                    .args(["--serve", kind.serve_name(), &port.to_string()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -128,16 +181,46 @@ fn free_port() -> u16 {
 fn serve(which: &str, port: u16) {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     match which {
-        "moonwire" => {
+        "moonwire" | "block-pass" | "block-json" | "block-slow" => {
             let mut cfg = moonwire::config::Config::load(None).unwrap();
             cfg.mqtt.listen = addr;
             cfg.mqtt.max_connections = 20000;
             cfg.limits.max_connections = 20000;
+            // The load comes from one address.
+            cfg.limits.max_connections_per_ip = 0;
             cfg.ws.enabled = false;
             cfg.http.enabled = false;
+            let dir = tempfile::tempdir().unwrap();
+            cfg.storage.data_dir = dir.path().to_owned();
+            // The example blocks bind home/… and alerts/…, which the load does not touch.
+            let bind = |name: &str, src: &str, topic: &str| {
+                let path = dir.path().join(format!("{name}.lua"));
+                std::fs::write(&path, src).unwrap();
+                let mut b = moonwire::blocks::BlockConfig::new(
+                    name,
+                    path,
+                    moonwire::blocks::BlockEvent::BeforePublish,
+                );
+                b.topics = vec![topic.to_string()];
+                b
+            };
+            match which {
+                "block-pass" => cfg.blocks = vec![bind("pass", PASS_LUA, "bench/+")],
+                "block-json" => cfg.blocks = vec![bind("json", JSON_LUA, "bench/+")],
+                "block-slow" => {
+                    cfg.block_engine.workers = 1;
+                    cfg.blocks = vec![
+                        bind("json", JSON_LUA, "bench/+"),
+                        bind("slow", SLOW_LUA, "slow/+"),
+                    ];
+                }
+                _ => {}
+            }
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
-                let _running = moonwire::app::App::new(cfg).start().await.unwrap();
+                let app =
+                    moonwire::app::App::new(cfg).block_extension(std::sync::Arc::new(SleepExt));
+                let _running = app.start().await.unwrap();
                 std::future::pending::<()>().await;
             });
         }
@@ -315,9 +398,10 @@ async fn receive(
                 body.advance(2);
                 acks.extend_from_slice(&[0x40, 2, pkid[0], pkid[1]]);
             }
-            if timestamps && body.len() >= 8 {
-                let sent = u64::from_be_bytes(body[..8].try_into().unwrap());
-                lat.push(nanos().saturating_sub(sent));
+            if timestamps {
+                if let Some(sent) = sent_at(&body) {
+                    lat.push(nanos().saturating_sub(sent));
+                }
             }
         }
         last = Instant::now();
@@ -329,9 +413,34 @@ async fn receive(
     (count, last, lat)
 }
 
+/// The send time in a `{"t":…}` payload.
+fn sent_at(payload: &[u8]) -> Option<u64> {
+    let at = payload.windows(4).position(|w| w == b"\"t\":")? + 4;
+    let digits: Vec<u8> = payload[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// A JSON payload of about `size` bytes (at least its fields), like a sensor reading.
+fn json_payload(size: usize, t: u64) -> Vec<u8> {
+    let mut p = format!("{{\"t\":{t},\"temperature\":21.5,\"note\":\"").into_bytes();
+    while p.len() + 2 < size {
+        p.push(b'x');
+    }
+    p.extend_from_slice(b"\"}");
+    p
+}
+
 /// Publishes `n` messages as fast as the connection takes them; QoS 1 keeps `window` in flight.
 async fn publish(mut c: Client, topic: String, n: u64, size: usize, qos: u8) {
-    let payload = vec![0x5Au8; size];
+    let payload = if size >= 48 {
+        json_payload(size, 0)
+    } else {
+        vec![0x5Au8; size]
+    };
     let window = 100u64;
     let mut sent = 0u64;
     let mut out = Vec::with_capacity(256 * 1024);
@@ -377,9 +486,7 @@ async fn publish_paced(mut c: Client, topic: String, rate: u64, secs: u64, size:
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         out.clear();
         while sent < due.min(total) {
-            let mut payload = vec![0u8; size.max(8)];
-            payload[..8].copy_from_slice(&nanos().to_be_bytes());
-            publish_packet(&mut out, &topic, &payload, 0, 0);
+            publish_packet(&mut out, &topic, &json_payload(size, nanos()), 0, 0);
             sent += 1;
         }
         if !out.is_empty() && c.wr.write_all(&out).await.is_err() {
@@ -394,6 +501,8 @@ async fn publish_paced(mut c: Client, topic: String, rate: u64, secs: u64, size:
 struct Row {
     scenario: String,
     broker: Kind,
+    /// The broker this row is compared with.
+    base: Kind,
     value: f64,
     unit: &'static str,
     note: String,
@@ -446,14 +555,19 @@ async fn throughput(
     (delivered as f64 / secs, delivered, expected * subs as u64)
 }
 
-async fn latency(port: u16, rate: u64, secs: u64) -> (f64, f64, u64) {
+async fn latency(port: u16, rate: u64, secs: u64, slow_topic: bool) -> (f64, f64, u64) {
     let topic = id("bench/lat");
     let mut sub = Client::connect(port, &id("lsub")).await.unwrap();
     sub.subscribe(&topic, 0).await;
     let p = Client::connect(port, &id("lpub")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let h = tokio::spawn(receive(sub, rate * secs, 0, true, Duration::from_secs(2)));
-    publish_paced(p, topic, rate, secs, 16).await;
+    if slow_topic {
+        // 10 msg/s to a topic whose block waits 50 ms each, on the same (single) worker.
+        let slow = Client::connect(port, &id("slowpub")).await.unwrap();
+        tokio::spawn(publish_paced(slow, "slow/x".to_string(), 10, secs, 64));
+    }
+    publish_paced(p, topic, rate, secs, 64).await;
     let (count, _, mut lat) = h.await.unwrap();
     lat.sort_unstable();
     let pct = |p: f64| {
@@ -548,6 +662,7 @@ fn main() {
             rows.push(Row {
                 scenario: name.into(),
                 broker: k,
+                base: Kind::Rumqttd,
                 value: rate,
                 unit: "msg/s",
                 note: format!("{:.1}% delivered", got as f64 * 100.0 / exp as f64),
@@ -557,7 +672,8 @@ fn main() {
     if want("latency") {
         for &k in &kinds {
             let b = BrokerProc::start(k);
-            let (p50, p99, got) = rt.block_on(latency(b.port, 5000, if quick { 2 } else { 10 }));
+            let (p50, p99, got) =
+                rt.block_on(latency(b.port, 5000, if quick { 2 } else { 10 }, false));
             eprintln!(
                 "latency @5k/s {:18} p50 {p50:.3} ms p99 {p99:.3} ms ({got} samples)",
                 k.name()
@@ -565,6 +681,7 @@ fn main() {
             rows.push(Row {
                 scenario: "p99 latency @ 5,000 msg/s".into(),
                 broker: k,
+                base: Kind::Rumqttd,
                 value: p99,
                 unit: "ms",
                 note: format!("p50 {p50:.3} ms, {got} samples"),
@@ -583,6 +700,7 @@ fn main() {
             rows.push(Row {
                 scenario: format!("{n} idle connections: connect rate"),
                 broker: k,
+                base: Kind::Rumqttd,
                 value: rate,
                 unit: "conn/s",
                 note: String::new(),
@@ -590,11 +708,32 @@ fn main() {
             rows.push(Row {
                 scenario: format!("{n} idle connections: RSS per connection"),
                 broker: k,
+                base: Kind::Rumqttd,
                 value: per,
                 unit: "KiB",
                 note: String::new(),
             });
         }
+    }
+    if want("idle") {
+        // What the router preallocates for every link, from rumqttd 0.20's source: the incoming
+        // packet buffer (200 packets), the outgoing notification buffer (200), the link's
+        // receive cache (100) and the in-flight/pubrel trackers (100 each).
+        let packet = std::mem::size_of::<rumqttd::protocol::Packet>();
+        let notification = std::mem::size_of::<rumqttd::Notification>();
+        let router = 200 * packet + 300 * notification + 100 * 24 + 100 * 2;
+        eprintln!(
+            "router preallocation per link: {:.1} KiB (Packet {packet} B × 200, Notification {notification} B × 300, trackers)",
+            router as f64 / 1024.0
+        );
+        rows.push(Row {
+            scenario: "router preallocation per link (computed)".into(),
+            broker: Kind::Moonwire,
+            base: Kind::Moonwire,
+            value: router as f64 / 1024.0,
+            unit: "KiB",
+            note: "allocated, not necessarily resident".into(),
+        });
     }
     if want("rss") {
         let n = 1_000_000 / scale as u64;
@@ -607,6 +746,7 @@ fn main() {
             rows.push(Row {
                 scenario: format!("RSS after {n} messages (16 B, 1→1)"),
                 broker: k,
+                base: Kind::Rumqttd,
                 value: rss,
                 unit: "MiB",
                 note: format!("{got} delivered"),
@@ -614,14 +754,56 @@ fn main() {
         }
     }
 
-    println!("\n| scenario | broker | result | vs stock rumqttd | note |\n|---|---|---|---|---|");
+    if want("blocks") {
+        // Issue targets: pass-through ≥ 0.4×, JSON ≥ 0.2× of the same load without blocks.
+        let name = "blocks: 4→1 QoS0 64 B JSON";
+        for k in [Kind::Moonwire, Kind::BlockPass, Kind::BlockJson] {
+            let b = BrokerProc::start(k);
+            let (rate, got, exp) = rt.block_on(throughput(b.port, 4, 1, 100_000 / scale, 64, 0));
+            eprintln!(
+                "{name:28} {:30} {rate:>12.0} msg/s delivered {got}/{exp}",
+                k.name()
+            );
+            rows.push(Row {
+                scenario: name.into(),
+                broker: k,
+                base: Kind::Moonwire,
+                value: rate,
+                unit: "msg/s",
+                note: format!("{:.1}% delivered", got as f64 * 100.0 / exp as f64),
+            });
+        }
+        let name = "blocks: p99 latency @ 5,000 msg/s";
+        for (k, slow) in [
+            (Kind::Moonwire, false),
+            (Kind::BlockJson, false),
+            (Kind::BlockSlow, true),
+        ] {
+            let b = BrokerProc::start(k);
+            let (p50, p99, got) =
+                rt.block_on(latency(b.port, 5000, if quick { 2 } else { 10 }, slow));
+            eprintln!("{name} {:30} p50 {p50:.3} ms p99 {p99:.3} ms", k.name());
+            rows.push(Row {
+                scenario: name.into(),
+                broker: k,
+                base: Kind::Moonwire,
+                value: p99,
+                unit: "ms",
+                note: format!("p50 {p50:.3} ms, {got} samples"),
+            });
+        }
+    }
+
+    println!("\n| scenario | broker | result | ratio | note |\n|---|---|---|---|---|");
     for r in &rows {
-        let stock = rows
+        let base = rows
             .iter()
-            .find(|s| s.scenario == r.scenario && s.broker == Kind::Rumqttd)
+            .find(|s| s.scenario == r.scenario && s.broker == r.base)
             .map(|s| s.value);
-        let ratio = match stock {
-            Some(s) if s > 0.0 && r.broker != Kind::Rumqttd => format!("{:.2}×", r.value / s),
+        let ratio = match base {
+            Some(s) if s > 0.0 && r.broker != r.base => {
+                format!("{:.2}× {}", r.value / s, r.base.name())
+            }
             _ => "—".into(),
         };
         println!(

@@ -50,6 +50,7 @@ pub struct App {
     config_path: Option<PathBuf>,
     stages: Vec<Arc<dyn Stage>>,
     taps: Vec<Arc<dyn Tap>>,
+    extensions: Vec<Arc<dyn crate::blocks::HostExtension>>,
 }
 
 /// A started broker.
@@ -71,6 +72,7 @@ impl App {
             config_path: None,
             stages: vec![],
             taps: vec![],
+            extensions: vec![],
         }
     }
 
@@ -83,6 +85,13 @@ impl App {
     /// Adds a pipeline stage after the built-in ones.
     pub fn stage(mut self, stage: Arc<dyn Stage>) -> Self {
         self.stages.push(stage);
+        self
+    }
+
+    /// Adds a host namespace to every block's Lua state (e.g. a host function for tests or
+    /// benchmarks).
+    pub fn block_extension(mut self, ext: Arc<dyn crate::blocks::HostExtension>) -> Self {
+        self.extensions.push(ext);
         self
     }
 
@@ -136,14 +145,15 @@ impl App {
         } else {
             let bc = cfg.blocks_config();
             let p: Arc<dyn Publisher> = publisher.clone();
+            let opts = EngineOptions {
+                extensions: self.extensions.clone(),
+            };
             // Compiling every script on every worker blocks; keep it off the async workers.
-            let engine = tokio::task::spawn_blocking(move || {
-                BlockEngine::start_with(bc, p, EngineOptions::default())
-            })
-            .await
-            .map_err(|e| {
-                AppError::Blocks(BlockError::Spawn(std::io::Error::other(e.to_string())))
-            })??;
+            let engine = tokio::task::spawn_blocking(move || BlockEngine::start_with(bc, p, opts))
+                .await
+                .map_err(|e| {
+                    AppError::Blocks(BlockError::Spawn(std::io::Error::other(e.to_string())))
+                })??;
             Some(engine)
         };
         let mut watches = watch_config(&cfg, self.config_path.clone(), &auth, blocks.clone())?;
