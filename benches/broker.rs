@@ -398,10 +398,8 @@ async fn receive(
                 body.advance(2);
                 acks.extend_from_slice(&[0x40, 2, pkid[0], pkid[1]]);
             }
-            if timestamps {
-                if let Some(sent) = sent_at(&body) {
-                    lat.push(nanos().saturating_sub(sent));
-                }
+            if let Some(sent) = sent_at(&body).filter(|_| timestamps) {
+                lat.push(nanos().saturating_sub(sent));
             }
         }
         last = Instant::now();
