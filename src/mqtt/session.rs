@@ -7,7 +7,7 @@
 //! drops a message, lets v5 clients see the stage's reason code, and makes the edge the one
 //! place that finishes QoS 2 flows (PUBREL → PUBCOMP).
 
-use super::codec::{Codec, CodecError, Frame, Version, detect_version};
+use super::codec::{Codec, CodecError, Version, detect_version};
 use super::internal::INTERNAL_CLIENT_ID;
 use super::{Broker, ConnMeta, SessionLimits};
 use crate::auth::{AuthError, Principal};
@@ -218,6 +218,27 @@ struct Session<R, W> {
     /// Acks to write once `to_router` has been handed over.
     acks: Vec<Packet>,
     rate: RateLimit,
+}
+
+/// What `admit_publish` decided.
+enum Admit {
+    /// Fast path: the packet for the router and the (QoS, packet id) to acknowledge.
+    Routed(Packet, (QoS, u16)),
+    /// Needs the pipeline (or taps).
+    Pipeline(Pending),
+    /// Answered without routing (duplicate QoS 2, rate limited): (QoS, packet id, refusal).
+    Answer(QoS, u16, Option<(DropCode, String)>),
+    /// Not a publish.
+    Other(Packet),
+}
+
+/// A publish waiting for its pipeline verdict.
+struct Pending {
+    msg: Message,
+    qos: QoS,
+    pkid: u16,
+    wants: bool,
+    tapped: bool,
 }
 
 /// Per-client publish token buckets (messages and bytes). Refusals beyond a second burst's
@@ -544,6 +565,9 @@ where
     async fn handle_incoming(&mut self, link: &mut Link) -> Result<(), SessionError> {
         let mut publishes = 0u64;
         let mut outcome = Ok(());
+        // Publishes that pipeline stages want are started together and finished in order, so
+        // a batch bound to a Lua block costs one worker round trip, not one per message.
+        let mut pending: Vec<Pending> = Vec::new();
         loop {
             let frame = match self.codec.decode(&mut self.io.rbuf) {
                 Ok(Some(f)) => f,
@@ -553,14 +577,45 @@ where
                     break;
                 }
             };
-            if matches!(frame.packet, Packet::Publish(..)) {
-                publishes += 1;
-            }
-            if let Err(e) = self.handle_packet(frame).await {
+            let step = match frame.packet {
+                Packet::Publish(publish, props) => {
+                    publishes += 1;
+                    let (qos, pkid) = frame.publish_meta.unwrap_or((QoS::AtMostOnce, 0));
+                    self.admit_publish(publish, props, qos, pkid)
+                }
+                packet => Ok(Admit::Other(packet)),
+            };
+            let step = match step {
+                Ok(Admit::Pipeline(p)) => {
+                    pending.push(p);
+                    continue;
+                }
+                Ok(step) => step,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            self.run_pending(&mut pending).await;
+            let applied = match step {
+                Admit::Routed(packet, ack) => {
+                    self.to_router.push_back(packet);
+                    self.ack_publish(ack.0, ack.1, None);
+                    Ok(())
+                }
+                Admit::Answer(qos, pkid, refused) => {
+                    self.ack_publish(qos, pkid, refused);
+                    Ok(())
+                }
+                Admit::Other(packet) => self.handle_packet(packet).await,
+                Admit::Pipeline(_) => Ok(()),
+            };
+            if let Err(e) = applied {
                 outcome = Err(e);
                 break;
             }
         }
+        self.run_pending(&mut pending).await;
         self.broker
             .metrics
             .messages_in
@@ -575,12 +630,48 @@ where
         outcome
     }
 
-    async fn handle_packet(&mut self, frame: Frame) -> Result<(), SessionError> {
-        match frame.packet {
-            Packet::Publish(publish, props) => {
-                let (qos, pkid) = frame.publish_meta.unwrap_or((QoS::AtMostOnce, 0));
-                self.handle_publish(publish, props, qos, pkid).await
+    /// Runs the pipeline for the pending publishes concurrently; applies outcomes in order.
+    async fn run_pending(&mut self, pending: &mut Vec<Pending>) {
+        if pending.is_empty() {
+            return;
+        }
+        let broker = self.broker.clone();
+        let metas: Vec<(QoS, u16, bool)> =
+            pending.iter().map(|p| (p.qos, p.pkid, p.tapped)).collect();
+        let outcomes = futures_util::future::join_all(pending.drain(..).map(|p| {
+            let pipeline = &broker.pipeline;
+            async move {
+                if p.wants {
+                    pipeline.process(p.msg).await
+                } else {
+                    Outcome::Route(p.msg)
+                }
             }
+        }))
+        .await;
+        for ((qos, pkid, tapped), outcome) in metas.into_iter().zip(outcomes) {
+            let refused = match outcome {
+                Outcome::Route(m) => {
+                    let p = build_publish(&m.topic, &m.payload, QoS::AtMostOnce, m.retain, 0);
+                    self.to_router
+                        .push_back(Packet::Publish(p, props_to_router(&m.props)));
+                    if tapped {
+                        broker.pipeline.after_publish(&m);
+                    }
+                    None
+                }
+                Outcome::Drop { code, reason } => {
+                    broker.metrics.dropped(DropReason::Pipeline, 1);
+                    Some((code, reason))
+                }
+                Outcome::Consume => None,
+            };
+            self.ack_publish(qos, pkid, refused);
+        }
+    }
+
+    async fn handle_packet(&mut self, packet: Packet) -> Result<(), SessionError> {
+        match packet {
             Packet::PubRel(pubrel, _) => {
                 // The edge finished every incoming QoS 2 flow itself (see module docs).
                 let reason = if self.qos2_incoming.remove(&pubrel.pkid) {
@@ -654,13 +745,15 @@ where
         Ok(())
     }
 
-    async fn handle_publish(
+    /// The checks every publish gets; decides whether it takes the fast path (no stage wants
+    /// it), goes through the pipeline, or was already answered.
+    fn admit_publish(
         &mut self,
         publish: Publish,
         props: Option<PublishProperties>,
         qos: QoS,
         pkid: u16,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Admit, SessionError> {
         self.check_topic(&publish.topic)?;
         if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
             // We announce Topic Alias Maximum 0 [MQTT-3.2.2-17].
@@ -668,92 +761,72 @@ where
         }
         if qos == QoS::ExactlyOnce && self.qos2_incoming.contains(&pkid) {
             // A resend before PUBREL: acknowledge again, deliver once [MQTT-4.3.3-9].
-            self.acks.push(pubrec(pkid, None));
-            return Ok(());
+            return Ok(Admit::Answer(qos, pkid, None));
         }
         if !self.rate.admit(publish.payload.len())? {
             self.broker.metrics.dropped(DropReason::RateLimited, 1);
-            let refused = Some((
+            let refused = (
                 DropCode::QuotaExceeded,
                 "publish rate limit exceeded".to_string(),
-            ));
-            match qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.acks.push(self.puback(pkid, refused)),
-                QoS::ExactlyOnce => {
-                    if self.codec.version == Version::V311 {
-                        self.qos2_incoming.insert(pkid);
-                    }
-                    self.acks.push(pubrec(pkid, Some(DropCode::QuotaExceeded)));
-                }
-            }
-            return Ok(());
-        }
-        let broker = self.broker.clone();
-        let topic_str = std::str::from_utf8(&publish.topic).unwrap_or_default();
-        let wants = broker.pipeline.wants(topic_str, publish.payload.len());
-        let tapped = broker.pipeline.tapped(topic_str);
-        let (routed, refused) = if wants || tapped {
-            let msg = self.message(&publish, props, qos);
-            let outcome = if wants {
-                broker.pipeline.process(msg).await
-            } else {
-                Outcome::Route(msg)
-            };
-            match outcome {
-                Outcome::Route(m) => {
-                    let p = build_publish(&m.topic, &m.payload, QoS::AtMostOnce, m.retain, 0);
-                    self.to_router
-                        .push_back(Packet::Publish(p, props_to_router(&m.props)));
-                    if tapped {
-                        broker.pipeline.after_publish(&m);
-                    }
-                    (true, None)
-                }
-                Outcome::Drop { code, reason } => {
-                    broker.metrics.dropped(DropReason::Pipeline, 1);
-                    (false, Some((code, reason)))
-                }
-                Outcome::Consume => (false, None),
-            }
-        } else {
-            // Fast path: no stage cares. One copy detaches the message from the read buffer.
-            let p = build_publish(
-                topic_str,
-                &publish.payload,
-                QoS::AtMostOnce,
-                publish.retain,
-                0,
             );
-            self.to_router
-                .push_back(Packet::Publish(p, props.map(strip_alias)));
-            (true, None)
-        };
-        let _ = routed;
+            return Ok(Admit::Answer(qos, pkid, Some(refused)));
+        }
+        let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+        let wants = self.broker.pipeline.wants(topic, publish.payload.len());
+        let tapped = self.broker.pipeline.tapped(topic);
+        if wants || tapped {
+            if qos == QoS::ExactlyOnce {
+                // Claimed now, so a resend in the same batch is recognised as one.
+                self.qos2_incoming.insert(pkid);
+            }
+            let msg = self.message(&publish, props, qos);
+            return Ok(Admit::Pipeline(Pending {
+                msg,
+                qos,
+                pkid,
+                wants,
+                tapped,
+            }));
+        }
+        // Fast path: no stage cares. One copy detaches the message from the read buffer.
+        let p = build_publish(topic, &publish.payload, QoS::AtMostOnce, publish.retain, 0);
+        Ok(Admit::Routed(
+            Packet::Publish(p, props.map(strip_alias)),
+            (qos, pkid),
+        ))
+    }
+
+    /// Queues the PUBACK/PUBREC for a decided publish (nothing for QoS 0).
+    fn ack_publish(&mut self, qos: QoS, pkid: u16, refused: Option<(DropCode, String)>) {
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.acks.push(self.puback(pkid, refused)),
+            QoS::AtLeastOnce => {
+                let ack = self.puback(pkid, refused);
+                self.acks.push(ack);
+            }
             QoS::ExactlyOnce => {
                 // A v5 refusal (reason ≥ 0x80) ends the flow; otherwise wait for PUBREL.
-                let ends_flow = refused.is_some() && self.codec.version == Version::V5;
-                if !ends_flow {
+                if refused.is_some() && self.codec.version == Version::V5 {
+                    self.qos2_incoming.remove(&pkid);
+                } else {
                     self.qos2_incoming.insert(pkid);
                 }
-                let props = self.reason_props(&refused);
-                let ack = pubrec(pkid, refused.map(|(c, _)| c));
-                self.acks.push(match (ack, props) {
-                    (Packet::PubRec(a, _), Some(reason_string)) => Packet::PubRec(
-                        a,
-                        Some(PubRecProperties {
-                            reason_string: Some(reason_string),
-                            user_properties: vec![],
-                        }),
-                    ),
-                    (ack, _) => ack,
-                });
+                let props = self
+                    .reason_props(&refused)
+                    .map(|reason_string| PubRecProperties {
+                        reason_string: Some(reason_string),
+                        user_properties: vec![],
+                    });
+                let reason = match pubrec(pkid, refused.map(|(c, _)| c)) {
+                    Packet::PubRec(a, _) => a,
+                    _ => PubRec {
+                        pkid,
+                        reason: PubRecReason::UnspecifiedError,
+                    },
+                };
+                self.acks.push(Packet::PubRec(reason, props));
             }
         }
-        Ok(())
     }
 
     fn reason_props(&self, refused: &Option<(DropCode, String)>) -> Option<String> {
