@@ -11,6 +11,7 @@
 //! - [`pipeline`]: the ordered stages every publish passes before routing, and after-publish taps.
 //! - [`router`]: the only module that uses `rumqttd` (routing, subscriptions, retained, sessions).
 //! - [`http`]: `/healthz` and `/metrics`.
+//! - [`media`]: camera frames — fchunk reassembly, thumbnails, worker pool, storage.
 //! - [`metrics`]: counters and their Prometheus rendering.
 //! - [`watch`]: file change notifications for hot reload.
 
@@ -21,6 +22,7 @@ pub mod certs;
 pub mod config;
 pub mod edge;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
