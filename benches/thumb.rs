@@ -18,9 +18,7 @@ use std::hint::black_box;
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use moonwire::media::thumbnail::{
-    DecodeLimits, ImageInput, OutputFormat, ThumbOptions, thumbnail,
-};
+use moonwire::media::thumbnail::{DecodeLimits, ImageInput, OutputFormat, ThumbOptions, thumbnail};
 
 const WIDTH: u32 = 160;
 const QUALITY: u8 = 80;

@@ -6,6 +6,7 @@ use crate::blocks::broker::{BlocksStage, BlocksTap, QueuePublisher};
 use crate::blocks::{BlockEngine, BlockError, EngineOptions, Publisher};
 use crate::config::Config;
 use crate::edge::{self, TlsError, Transport};
+use crate::media::service::{FrameStage, MediaExtension, MediaService};
 use crate::metrics::Metrics;
 use crate::mqtt::{Broker, Internal, Registry, SessionLimits};
 use crate::pipeline::{Pipeline, Stage, Tap, TopicBudgets};
@@ -41,6 +42,8 @@ pub enum AppError {
     Watch { path: String, source: notify::Error },
     #[error("blocks: {0}")]
     Blocks(#[from] BlockError),
+    #[error(transparent)]
+    Media(#[from] crate::media::service::MediaServiceError),
 }
 
 /// Builder for a broker: config plus extra pipeline stages and taps.
@@ -140,14 +143,25 @@ impl App {
         ));
         let (publisher, mut block_publishes) =
             QueuePublisher::new(cfg.block_engine.publish_queue.max(1));
+        let media = if cfg.media.enabled {
+            Some(MediaService::start(
+                cfg.media.settings(),
+                &cfg.storage.data_dir,
+                publisher.clone(),
+            )?)
+        } else {
+            None
+        };
         let blocks = if cfg.blocks.is_empty() {
             None
         } else {
             let bc = cfg.blocks_config();
             let p: Arc<dyn Publisher> = publisher.clone();
-            let opts = EngineOptions {
-                extensions: self.extensions.clone(),
-            };
+            let mut extensions = self.extensions.clone();
+            if let Some(m) = &media {
+                extensions.push(Arc::new(MediaExtension { media: m.clone() }));
+            }
+            let opts = EngineOptions { extensions };
             // Compiling every script on every worker blocks; keep it off the async workers.
             let engine = tokio::task::spawn_blocking(move || BlockEngine::start_with(bc, p, opts))
                 .await
@@ -168,6 +182,9 @@ impl App {
         );
         if !budgets.is_empty() {
             pipeline = pipeline.with_stage(Arc::new(budgets));
+        }
+        if let Some(m) = &media {
+            pipeline = pipeline.with_stage(Arc::new(FrameStage { media: m.clone() }));
         }
         if let Some(engine) = &blocks {
             pipeline = pipeline
@@ -197,8 +214,25 @@ impl App {
             links: AtomicUsize::new(0),
             auth,
             blocks,
+            media: media.clone(),
             per_ip: Default::default(),
         });
+        if let Some(m) = media {
+            // Partial frames idle past the timeout are dropped and reported.
+            let every = (cfg.media.frame_timeout / 5)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => m.expire(),
+                        _ = stop.cancelled() => break,
+                    }
+                }
+                m.pool.shutdown();
+            });
+        }
         {
             // Block publishes re-enter the pipeline here, one at a time, in order.
             let broker = broker.clone();

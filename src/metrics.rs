@@ -303,6 +303,81 @@ pub fn render_blocks(snap: &crate::blocks::MetricsSnapshot) -> String {
     out
 }
 
+/// Prometheus text for frames, thumbnails and media storage.
+pub fn render_media(m: &crate::media::service::MediaService) -> String {
+    use crate::media::assembler::LossReason;
+    let mut out = String::with_capacity(1024);
+    let s = &m.metrics;
+    let pool = m.pool.stats();
+    let mut one = |name: &str, help: &str, kind: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    };
+    one(
+        "moonwire_frames_completed_total",
+        "Camera frames completed (whole or reassembled).",
+        "counter",
+        s.frames_completed.load(Relaxed),
+    );
+    one(
+        "moonwire_reassembly_memory_bytes",
+        "Bytes held by partial frames.",
+        "gauge",
+        m.reassembly_memory() as u64,
+    );
+    one(
+        "moonwire_thumbnails_total",
+        "Thumbnails made.",
+        "counter",
+        s.thumbnails.load(Relaxed),
+    );
+    one(
+        "moonwire_thumbnail_errors_total",
+        "Thumbnails that failed (bad image, limits, dropped).",
+        "counter",
+        s.thumbnail_errors.load(Relaxed),
+    );
+    one(
+        "moonwire_media_stored_total",
+        "Frames and thumbnails written to storage.",
+        "counter",
+        s.stored.load(Relaxed),
+    );
+    one(
+        "moonwire_media_store_errors_total",
+        "Failed media writes.",
+        "counter",
+        s.store_errors.load(Relaxed),
+    );
+    one(
+        "moonwire_media_pool_dropped_total",
+        "Thumbnail jobs dropped because a newer frame of the camera was waiting.",
+        "counter",
+        pool.dropped,
+    );
+    one(
+        "moonwire_media_pool_queued",
+        "Thumbnail jobs waiting.",
+        "gauge",
+        pool.queued as u64,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP moonwire_frame_losses_total Frames lost, by reason.\n# TYPE moonwire_frame_losses_total counter"
+    );
+    for (i, r) in LossReason::ALL.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "moonwire_frame_losses_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            s.losses[i].load(Relaxed)
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

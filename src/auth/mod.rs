@@ -156,6 +156,10 @@ impl Stage for AclStage {
     }
 
     fn process(&self, msg: &Message) -> Step {
+        if msg.origin.client_id == crate::mqtt::INTERNAL_CLIENT_ID {
+            // The broker's own reports (frame losses); no client can use this id.
+            return Step::Now(Verdict::Pass);
+        }
         let who = Principal {
             username: msg.origin.username.as_deref(),
             client_id: &msg.origin.client_id,

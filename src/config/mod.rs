@@ -41,11 +41,63 @@ pub struct Config {
     /// Topic access rules, tried in order (see `docs/SECURITY.md`).
     #[serde(default)]
     pub acl: Vec<crate::auth::Rule>,
+    /// Camera frames, thumbnails and media storage.
+    pub media: MediaConfig,
     /// Settings of the Lua blocks runtime.
     pub block_engine: BlockEngineConfig,
     /// Lua block bindings (`[[blocks]]`), run in this order (see `docs/BLOCKS.md`).
     #[serde(default)]
     pub blocks: Vec<crate::blocks::BlockConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    pub enabled: bool,
+    /// Topics where the frame assembler runs (whole JPEG/PNG payloads and fchunk chunks).
+    pub frame_topics: Vec<String>,
+    pub max_frame_size: ByteSize,
+    pub max_reassembly_memory: ByteSize,
+    pub max_partial_frames_per_device: usize,
+    #[serde(with = "humantime_serde")]
+    pub frame_timeout: Duration,
+    /// Thumbnail worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Pending thumbnail jobs; when full the oldest of the same camera is dropped.
+    pub queue: usize,
+    pub thumb_width: u32,
+    pub thumb_quality: u8,
+    /// Largest image decoded, in pixels (decompression bombs).
+    pub max_pixels: u64,
+    pub max_decode_memory: ByteSize,
+    pub retention_count: usize,
+    pub retention_bytes: ByteSize,
+}
+
+impl MediaConfig {
+    pub fn settings(&self) -> crate::media::service::MediaSettings {
+        crate::media::service::MediaSettings {
+            frame_topics: self.frame_topics.clone(),
+            assembler: crate::media::assembler::AssemblerConfig {
+                max_frame_bytes: self.max_frame_size.as_usize(),
+                max_total_bytes: self.max_reassembly_memory.as_usize(),
+                max_partial_per_device: self.max_partial_frames_per_device,
+                idle_timeout: self.frame_timeout,
+            },
+            workers: self.workers,
+            queue: self.queue,
+            thumb_width: self.thumb_width,
+            thumb_quality: self.thumb_quality,
+            limits: crate::media::thumbnail::DecodeLimits {
+                max_pixels: self.max_pixels,
+                max_bytes: self.max_decode_memory.as_usize(),
+            },
+            retention: crate::media::store::Retention {
+                max_count_per_camera: self.retention_count,
+                max_bytes_per_camera: self.retention_bytes.0,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -355,6 +407,26 @@ impl Config {
                     ),
                 });
             }
+        }
+        if self
+            .media
+            .frame_topics
+            .iter()
+            .any(|f| !crate::pipeline::valid_filter(f))
+        {
+            return bad(
+                "media.frame_topics",
+                "every entry must be a valid topic filter",
+            );
+        }
+        if self.media.thumb_width == 0 || self.media.thumb_width > 8192 {
+            return bad("media.thumb_width", "must be between 1 and 8192");
+        }
+        if !(1..=100).contains(&self.media.thumb_quality) {
+            return bad("media.thumb_quality", "must be between 1 and 100");
+        }
+        if self.media.max_partial_frames_per_device == 0 {
+            return bad("media.max_partial_frames_per_device", "must be at least 1");
         }
         self.blocks_config()
             .validate()

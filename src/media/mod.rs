@@ -9,6 +9,7 @@
 //!   encode) under pixel and memory limits; `jpeg_fast` is its scaled baseline-JPEG decoder.
 //! - [`pool`]: a bounded worker pool on its own OS threads that never blocks the caller; when full
 //!   it drops the oldest pending job of the same camera.
+//! - [`service`]: the wiring — frame assembler stage, `media.*` for blocks, state for HTTP.
 //! - [`store`]: atomic on-disk storage of frames and thumbnails with per-camera retention.
 //!
 //! The modules are pure and synchronous (the assembler takes `now` from the caller); wiring to
@@ -18,6 +19,7 @@ pub mod assembler;
 pub mod fchunk;
 mod jpeg_fast;
 pub mod pool;
+pub mod service;
 pub mod store;
 pub mod thumbnail;
 

@@ -9,7 +9,7 @@ mod registry;
 pub mod session;
 
 pub use codec::Version;
-pub use internal::Internal;
+pub use internal::{INTERNAL_CLIENT_ID, Internal};
 pub use registry::Registry;
 
 use crate::auth::Auth;
@@ -71,6 +71,9 @@ pub struct Broker {
     pub auth: Arc<Auth>,
     /// The Lua blocks engine, for connect and subscribe hooks and the admin API.
     pub blocks: Option<crate::blocks::BlockEngine>,
+    /// Frames and thumbnails: told when a client goes (its partial frames are lost), read by
+    /// the HTTP routes.
+    pub media: Option<Arc<crate::media::service::MediaService>>,
     /// Open connections per source address, for `limits.max_connections_per_ip`.
     pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }

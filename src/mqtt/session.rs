@@ -1102,6 +1102,9 @@ where
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.writer.shutdown()).await;
         link.disconnect().await;
+        if let Some(media) = &self.broker.media {
+            media.device_gone(&self.client_id);
+        }
         if !clean {
             self.broker
                 .registry
