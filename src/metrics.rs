@@ -361,7 +361,7 @@ pub fn render_media(m: &crate::media::service::MediaService) -> String {
         "moonwire_media_pool_queued",
         "Thumbnail jobs waiting.",
         "gauge",
-        pool.queued as u64,
+        pool.queued,
     );
     let _ = writeln!(
         out,
