@@ -488,14 +488,14 @@ async fn device_certificates_identity_and_revocation() {
     let mut o = mtls_options(port, "cam1", dir.path(), Some("cam1"));
     o.set_credentials("cam2", "irrelevant");
     let mut cam1 = v4::connect(o).await;
-    cam1.publish_acked("cameras/cam2/frame", false, "forged")
+    cam1.publish_acked("cameras/cam2/notes", false, "forged")
         .await;
-    cam1.publish_acked("cameras/cam1/frame", false, "real")
+    cam1.publish_acked("cameras/cam1/notes", false, "real")
         .await;
     let got = watch.next_publish().await.unwrap();
     assert_eq!(
         (&got.topic[..], &got.payload[..]),
-        ("cameras/cam1/frame", &b"real"[..])
+        ("cameras/cam1/notes", &b"real"[..])
     );
 
     assert!(

@@ -114,6 +114,8 @@ pub mod v4 {
     pub fn options(port: u16, id: &str) -> MqttOptions {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(30));
+        // Camera frames are larger than rumqttc's 10 KB default.
+        o.set_max_packet_size(4 << 20, 4 << 20);
         o
     }
 
@@ -215,6 +217,7 @@ pub mod v5 {
     pub fn options(port: u16, id: &str) -> MqttOptions {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(Some(4 << 20));
         o
     }
 
