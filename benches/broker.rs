@@ -494,6 +494,101 @@ async fn publish_paced(mut c: Client, topic: String, rate: u64, secs: u64, size:
     sent
 }
 
+// ---------------- media ----------------
+
+async fn frames_through(port: u16, frame: &[u8], n: u64, chunked: bool) -> f64 {
+    let mut sub = Client::connect(port, &id("thumbs")).await.unwrap();
+    sub.subscribe("cameras/+/thumb", 0).await;
+    let mut cam = Client::connect(port, "benchcam").await.unwrap();
+    let start = Instant::now();
+    let receiver = tokio::spawn(receive(sub, n, 0, false, Duration::from_secs(5)));
+    let parts: Vec<Vec<u8>> = if chunked {
+        moonwire::media::fchunk::encode_frame(
+            moonwire::media::fchunk::FrameSpec {
+                frame_id: 0,
+                format: moonwire::media::PixelFormat::Jpeg,
+                width: 0,
+                height: 0,
+                chunk_size: 4000,
+            },
+            frame,
+        )
+        .unwrap()
+    } else {
+        vec![frame.to_vec()]
+    };
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.clear();
+        for p in &parts {
+            let mut p = p.clone();
+            if chunked {
+                p[4..6].copy_from_slice(&(i as u16).to_le_bytes());
+            }
+            publish_packet(&mut out, "cameras/benchcam/frame", &p, 0, 0);
+        }
+        cam.wr.write_all(&out).await.unwrap();
+    }
+    let (count, last, _) = receiver.await.unwrap();
+    count as f64 / last.duration_since(start).as_secs_f64()
+}
+
+/// `cams` cameras each sending one ~60 KB frame per second in 4 KB chunks for `secs` seconds.
+/// Returns (RSS before, RSS after, chunks sent).
+async fn reassembly_load(b: &BrokerProc, cams: usize, secs: u64) -> (u64, u64, u64) {
+    let mut frame = vec![0u8; 60_000];
+    frame[0] = 0xFF;
+    frame[1] = 0xD8;
+    let mut clients = Vec::new();
+    for i in 0..cams {
+        clients.push(Client::connect(b.port, &format!("rcam{i}")).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = b.rss_kib();
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let frame = frame.clone();
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            // Spread the cameras over the second.
+            tokio::time::sleep(Duration::from_millis((i as u64 * 997) % 1000)).await;
+            let topic = format!("cameras/rcam{i}/frame");
+            for f in 0..secs {
+                let parts = moonwire::media::fchunk::encode_frame(
+                    moonwire::media::fchunk::FrameSpec {
+                        frame_id: f as u16,
+                        format: moonwire::media::PixelFormat::Jpeg,
+                        width: 0,
+                        height: 0,
+                        chunk_size: 4000,
+                    },
+                    &frame,
+                )
+                .unwrap();
+                for p in parts {
+                    let mut out = Vec::new();
+                    publish_packet(&mut out, &topic, &p, 0, 0);
+                    if c.wr.write_all(&out).await.is_err() {
+                        return c;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1000 / 16)).await;
+                }
+            }
+            c
+        }));
+    }
+    let mut keep = Vec::new();
+    for t in tasks {
+        keep.push(t.await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = b.rss_kib();
+    drop(keep);
+    (before, after, sent.load(Ordering::Relaxed))
+}
+
 // ---------------- scenarios ----------------
 
 struct Row {
@@ -790,6 +885,54 @@ fn main() {
                 note: format!("p50 {p50:.3} ms, {got} samples"),
             });
         }
+    }
+
+    if want("media") {
+        // Frames through the broker: a camera publishes whole VGA JPEGs (or 4 KB fchunk chunks)
+        // as fast as thumbnails come back on cameras/+/thumb; frames/s = thumbnails received / s.
+        let frame = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/vga_astronaut.jpg"
+        ))
+        .unwrap();
+        for chunked in [false, true] {
+            let b = BrokerProc::start(Kind::Moonwire);
+            let n = if quick { 50 } else { 300 };
+            let rate = rt.block_on(frames_through(b.port, &frame, n, chunked));
+            let name = if chunked {
+                "media: VGA frames/s end to end, 4 KB chunks"
+            } else {
+                "media: VGA frames/s end to end, whole"
+            };
+            eprintln!("{name}: {rate:.1} frames/s");
+            rows.push(Row {
+                scenario: name.into(),
+                broker: Kind::Moonwire,
+                base: Kind::Moonwire,
+                value: rate,
+                unit: "frames/s",
+                note: format!("{n} frames, thumbnails 160 px"),
+            });
+        }
+        // Reassembly memory: many cameras at 1 fps of ~60 KB frames in 4 KB chunks.
+        let cams = if quick { 100 } else { 1000 };
+        let secs = if quick { 3 } else { 10 };
+        let b = BrokerProc::start(Kind::Moonwire);
+        let (before, after, sent) = rt.block_on(reassembly_load(&b, cams, secs));
+        let growth = after.saturating_sub(before) as f64 / 1024.0;
+        eprintln!(
+            "reassembly {cams} cameras × 1 fps × 60 KB for {secs} s: RSS {before} → {after} KiB, {sent} chunks"
+        );
+        rows.push(Row {
+            scenario: format!(
+                "media: RSS growth, {cams} cameras × 1 fps × 60 KB in 4 KB chunks, {secs} s"
+            ),
+            broker: Kind::Moonwire,
+            base: Kind::Moonwire,
+            value: growth,
+            unit: "MiB",
+            note: format!("{sent} chunks"),
+        });
     }
 
     println!("\n| scenario | broker | result | ratio | note |\n|---|---|---|---|---|");

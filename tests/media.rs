@@ -539,3 +539,36 @@ async fn unwritable_data_dir_keeps_routing() {
     );
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_are_not_reassembled_even_under_a_wide_filter() {
+    let mut cfg = media_config();
+    cfg.media.frame_topics = vec!["cameras/#".into()];
+    cfg.media.max_frame_size = ByteSize(100 * 1024);
+    let b = start(cfg).await;
+    let mut sub = v4::connect(v4::options(b.port(), "ops")).await;
+    sub.subscribe("cameras/+/status", v4::QoS::AtLeastOnce)
+        .await;
+    let mut cam = v4::connect(v4::options(b.port(), "loopcam")).await;
+    cam.publish_acked("cameras/loopcam/frame", false, vec![0x42u8; 64])
+        .await;
+    // An oversized chunked frame is reported once, not once per chunk.
+    let big = vec![0xAB; 300 * 1024];
+    for p in chunks(&big, 4, 4000) {
+        cam.publish_acked("cameras/loopcam/frame", false, p).await;
+    }
+    let mut reports = Vec::new();
+    while let Some(p) = sub.next_publish_within(Duration::from_millis(800)).await {
+        reports.push(
+            serde_json::from_slice::<serde_json::Value>(&p.payload).unwrap()["error"].clone(),
+        );
+    }
+    assert_eq!(
+        reports,
+        vec![
+            serde_json::json!("bad_chunk"),
+            serde_json::json!("too_large")
+        ]
+    );
+    b.stop().await;
+}

@@ -351,6 +351,15 @@ impl Assembler {
                     FchunkError::TooLarge { .. } => LossReason::TooLarge,
                     _ => LossReason::BadChunk,
                 };
+                if reason == LossReason::TooLarge {
+                    // Report an oversized frame once, not once per chunk.
+                    if let Ok(c) = fchunk::parse(payload, usize::MAX) {
+                        if self.recently_finished(device, &c.header) {
+                            return None;
+                        }
+                        self.remember(device, &c.header, now);
+                    }
+                }
                 losses.push(loss(device, fchunk::peek_frame_id(payload), reason));
                 return None;
             }
@@ -436,6 +445,8 @@ impl Assembler {
         let cost = Self::partial_cost(device, h.frame_len, h.chunk_cnt);
         if cost > self.cfg.max_total_bytes {
             losses.push(loss(device, Some(h.frame_id), LossReason::Memory));
+            // Its later chunks are ignored rather than reported again.
+            self.remember(device, &h, now);
             return None;
         }
         // Per-device limit: the newest frame wins.
@@ -449,6 +460,7 @@ impl Assembler {
         while self.used + cost > self.cfg.max_total_bytes {
             let Some((victim, id)) = self.memory_victim(device) else {
                 losses.push(loss(device, Some(h.frame_id), LossReason::Memory));
+                self.remember(device, &h, now);
                 return None;
             };
             losses.extend(self.drop_partial(&victim, id, now, LossReason::Memory));
@@ -458,6 +470,8 @@ impl Assembler {
         let mut buf = Vec::new();
         if buf.try_reserve_exact(frame_len).is_err() {
             losses.push(loss(device, Some(h.frame_id), LossReason::Memory));
+            // Its later chunks are ignored rather than reported again.
+            self.remember(device, &h, now);
             return None;
         }
         buf.resize(frame_len, 0);

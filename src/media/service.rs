@@ -213,6 +213,11 @@ impl Stage for FrameStage {
     }
 
     fn process(&self, msg: &Message) -> Step {
+        // Only what devices publish is reassembled: the broker's own reports and block
+        // republishes pass, so a filter that also covers `…/status` cannot feed on itself.
+        if msg.origin.hop > 0 || msg.origin.client_id == crate::mqtt::INTERNAL_CLIENT_ID {
+            return Step::Now(Verdict::Pass);
+        }
         let device = msg.origin.client_id.as_str();
         let (accepted, losses) = {
             let mut r = self.media.assembler.lock();

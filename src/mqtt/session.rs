@@ -1102,7 +1102,9 @@ where
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.writer.shutdown()).await;
         link.disconnect().await;
-        if let Some(media) = &self.broker.media {
+        // After a takeover the new session owns the client id and may already be sending
+        // chunks; its partial frames must survive the old session's close.
+        if let (Some(media), false) = (&self.broker.media, matches!(why, SessionError::TakenOver)) {
             media.device_gone(&self.client_id);
         }
         if !clean {
