@@ -496,12 +496,32 @@ async fn publish_paced(mut c: Client, topic: String, rate: u64, secs: u64, size:
 
 // ---------------- media ----------------
 
+/// `CAMERAS` cameras each publish `n / CAMERAS` frames as fast as the broker takes them;
+/// frames/s = thumbnails received per second. Several cameras, because one camera's frames
+/// are thumbnailed in order, one at a time (its block runs per topic in order).
+const CAMERAS: u64 = 4;
+
 async fn frames_through(port: u16, frame: &[u8], n: u64, chunked: bool) -> f64 {
     let mut sub = Client::connect(port, &id("thumbs")).await.unwrap();
     sub.subscribe("cameras/+/thumb", 0).await;
-    let mut cam = Client::connect(port, "benchcam").await.unwrap();
     let start = Instant::now();
     let receiver = tokio::spawn(receive(sub, n, 0, false, Duration::from_secs(5)));
+    let mut cams = Vec::new();
+    for c in 0..CAMERAS {
+        let frame = frame.to_vec();
+        cams.push(tokio::spawn(async move { camera(port, c, &frame, n / CAMERAS, chunked).await }));
+    }
+    for c in cams {
+        c.await.unwrap();
+    }
+    let (count, last, _) = receiver.await.unwrap();
+    count as f64 / last.duration_since(start).as_secs_f64()
+}
+
+async fn camera(port: u16, c: u64, frame: &[u8], n: u64, chunked: bool) {
+    let name = format!("benchcam{c}");
+    let topic = format!("cameras/{name}/frame");
+    let mut cam = Client::connect(port, &name).await.unwrap();
     let parts: Vec<Vec<u8>> = if chunked {
         moonwire::media::fchunk::encode_frame(
             moonwire::media::fchunk::FrameSpec {
@@ -525,12 +545,10 @@ async fn frames_through(port: u16, frame: &[u8], n: u64, chunked: bool) -> f64 {
             if chunked {
                 p[4..6].copy_from_slice(&(i as u16).to_le_bytes());
             }
-            publish_packet(&mut out, "cameras/benchcam/frame", &p, 0, 0);
+            publish_packet(&mut out, &topic, &p, 0, 0);
         }
         cam.wr.write_all(&out).await.unwrap();
     }
-    let (count, last, _) = receiver.await.unwrap();
-    count as f64 / last.duration_since(start).as_secs_f64()
 }
 
 /// `cams` cameras each sending one ~60 KB frame per second in 4 KB chunks for `secs` seconds.

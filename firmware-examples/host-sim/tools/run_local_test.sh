@@ -11,7 +11,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 sim=$(dirname "$here")
 # shared/ sits beside the repository checkout (here and in CI).
-frames=${FRAMES:-$(cd "$sim/../.." && pwd)/../shared/frames}
+frames=${FRAMES:-$(cd "$sim/../.." && pwd)/tests/fixtures}
 [ -f "$frames/qvga_astronaut.jpg" ] || { echo "no test frames in $frames (set FRAMES=dir)" >&2; exit 1; }
 check="python3 $here/fchunk_check.py"
 work=$(mktemp -d)

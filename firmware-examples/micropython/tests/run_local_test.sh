@@ -11,7 +11,7 @@ mp=$(dirname "$here")
 check="python3 $mp/../host-sim/tools/fchunk_check.py"
 run="python3 $here/run_under_cpython.py"
 # shared/ sits beside the repository checkout (here and in CI).
-frames=${FRAMES:-$(cd "$mp/../.." && pwd)/../shared/frames}
+frames=${FRAMES:-$(cd "$mp/../.." && pwd)/tests/fixtures}
 [ -f "$frames/qvga_astronaut.jpg" ] || { echo "no test frames in $frames (set FRAMES=dir)" >&2; exit 1; }
 export FRAMES="$frames"
 work=$(mktemp -d)
