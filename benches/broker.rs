@@ -509,7 +509,9 @@ async fn frames_through(port: u16, frame: &[u8], n: u64, chunked: bool) -> f64 {
     let mut cams = Vec::new();
     for c in 0..CAMERAS {
         let frame = frame.to_vec();
-        cams.push(tokio::spawn(async move { camera(port, c, &frame, n / CAMERAS, chunked).await }));
+        cams.push(tokio::spawn(async move {
+            camera(port, c, &frame, n / CAMERAS, chunked).await
+        }));
     }
     for c in cams {
         c.await.unwrap();
