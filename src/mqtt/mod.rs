@@ -5,6 +5,8 @@
 
 pub mod codec;
 mod internal;
+mod packets;
+mod rate;
 mod registry;
 pub mod session;
 

@@ -1,0 +1,169 @@
+//! The outgoing half of a session — what the router sends a client — and how a session ends.
+
+use super::*;
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    pub(super) async fn handle_outgoing(
+        &mut self,
+        link: &mut Link,
+        first: Outbound,
+    ) -> Result<(), SessionError> {
+        let mut next = Some(first);
+        let mut unscheduled = false;
+        let mut written = 0;
+        let mut publishes = 0u64;
+        while let Some(out) = next.take() {
+            match out {
+                Outbound::Unscheduled => unscheduled = true,
+                Outbound::Nothing => {}
+                Outbound::Packet(p) => {
+                    if matches!(p, Packet::Publish(..)) {
+                        publishes += 1;
+                    }
+                    if let Some(p) = self.outgoing_packet(p) {
+                        if let Packet::Disconnect(..) = p {
+                            self.codec.encode(p, &mut self.io.wbuf)?;
+                            self.io.flush().await?;
+                            return Err(SessionError::Protocol("router disconnected the client"));
+                        }
+                        if let Err(e) = self.codec.encode(p, &mut self.io.wbuf) {
+                            tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable packet");
+                        }
+                    }
+                }
+            }
+            written += 1;
+            if written < WRITE_BATCH {
+                next = link.try_recv()?;
+            }
+        }
+        self.broker
+            .metrics
+            .messages_out
+            .fetch_add(publishes, Relaxed);
+        let n = self.io.flush().await?;
+        self.broker.metrics.bytes_out.fetch_add(n as u64, Relaxed);
+        if unscheduled {
+            link.wake().await?;
+        }
+        Ok(())
+    }
+
+    /// Adjusts what the router sends before it reaches the client.
+    fn outgoing_packet(&mut self, p: Packet) -> Option<Packet> {
+        match p {
+            Packet::SubAck(mut ack, props) => {
+                if let Some(codes) = self.pending_suback.remove(&ack.pkid) {
+                    let mut routed = ack.return_codes.into_iter();
+                    ack.return_codes = codes
+                        .into_iter()
+                        .map(|c| {
+                            c.or_else(|| routed.next())
+                                .unwrap_or(SubscribeReasonCode::Failure)
+                        })
+                        .collect();
+                }
+                Some(Packet::SubAck(ack, props))
+            }
+            Packet::UnsubAck(ack, _) => {
+                let (left, _) = self.pending_unsuback.get_mut(&ack.pkid)?;
+                *left -= 1;
+                if *left > 0 {
+                    return None;
+                }
+                let (_, reasons) = self.pending_unsuback.remove(&ack.pkid)?;
+                Some(unsuback(ack.pkid, reasons, self.codec.version))
+            }
+            // Acks for client publishes and pings are the edge's job (see module docs).
+            Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) | Packet::PingResp(_) => {
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Ends the session: tells a v5 client why, fires the will when the close was abnormal,
+    /// and hands the link back to the router.
+    pub(super) async fn close(mut self, why: SessionError, link: Link, clean: bool) {
+        let v5 = self.codec.version == Version::V5;
+        let (reason, fire_will) = match &why {
+            SessionError::Shutdown => (Some(DisconnectReasonCode::ServerShuttingDown), false),
+            SessionError::TakenOver => (Some(DisconnectReasonCode::SessionTakenOver), true),
+            SessionError::KeepAlive => (Some(DisconnectReasonCode::KeepAliveTimeout), true),
+            SessionError::ClientDisconnect { with_will } => (None, *with_will),
+            SessionError::Codec(CodecError::TooLarge { .. }) => {
+                (Some(DisconnectReasonCode::PacketTooLarge), true)
+            }
+            SessionError::Codec(CodecError::Auth) => {
+                (Some(DisconnectReasonCode::ProtocolError), true)
+            }
+            SessionError::Codec(_) => (Some(DisconnectReasonCode::MalformedPacket), true),
+            SessionError::Protocol(_) => (Some(DisconnectReasonCode::ProtocolError), true),
+            SessionError::TopicInvalid(_) => (Some(DisconnectReasonCode::TopicNameInvalid), true),
+            SessionError::RateAbuse => (Some(DisconnectReasonCode::MessageRateTooHigh), true),
+            _ => (None, true),
+        };
+        tracing::debug!(client_id = self.client_id, reason = %why, "session closing");
+        if let (true, Some(code)) = (v5, reason) {
+            let props = self.request_problem_info.then(|| DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(why.to_string()),
+                user_properties: vec![],
+                server_reference: None,
+            });
+            let _ = self.codec.encode(
+                Packet::Disconnect(Disconnect { reason_code: code }, props),
+                &mut self.io.wbuf,
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.io.flush()).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.writer.shutdown()).await;
+        link.disconnect().await;
+        // After a takeover the new session owns the client id and may already be sending
+        // chunks; its partial frames must survive the old session's close.
+        if let (Some(media), false) = (&self.broker.media, matches!(why, SessionError::TakenOver)) {
+            media.device_gone(&self.client_id);
+        }
+        if !clean {
+            self.broker
+                .registry
+                .save_filters(&self.client_id, std::mem::take(&mut self.filters));
+        }
+        if let (true, Some(will)) = (fire_will, self.will.take()) {
+            self.fire_will(will);
+        }
+    }
+
+    fn fire_will(&self, (will, props): Will) {
+        let delay = props.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
+        let msg = Message {
+            topic: String::from_utf8_lossy(&will.topic).into_owned(),
+            payload: will.message.clone(),
+            qos: will.qos as u8,
+            retain: will.retain,
+            props: props.map(will_props).unwrap_or_default(),
+            origin: Origin {
+                client_id: self.client_id.clone(),
+                username: self.username.clone(),
+                hop: 0,
+            },
+            received_at: now_ms(),
+        };
+        let broker = self.broker.clone();
+        let cancel = (delay > 0).then(|| broker.registry.pending_will(&self.client_id));
+        tokio::spawn(async move {
+            if let Some(cancel) = cancel {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = broker.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(delay as u64)) => {}
+                }
+            }
+            broker.publish(msg).await;
+        });
+    }
+}
