@@ -481,3 +481,53 @@ fn test_block_cli_prints_the_verdict_and_fails_on_script_errors() {
     assert!(!out.status.success(), "script error must fail the dry run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("nope"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syntax_error_at_start_is_refused_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "broken.lua",
+        "local x = 1\nreturn { on_publish = function(msg) end\n",
+    );
+    let mut cfg = test_config();
+    cfg.block_engine.scripts_dir = dir.path().to_owned();
+    cfg.blocks = vec![binding("broken", &bad, BlockEvent::BeforePublish, &["x/#"])];
+    let err = match moonwire::app::App::new(cfg).start().await {
+        Ok(_) => panic!("broker started with a broken script"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("broken.lua:") && err.contains("broken"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_deleted_while_running_keeps_the_loaded_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(
+        dir.path(),
+        "tag.lua",
+        "return { on_publish = function(msg) return { payload = msg.payload .. '!' } end }",
+    );
+    let mut cfg = test_config();
+    cfg.block_engine.scripts_dir = dir.path().to_owned();
+    cfg.blocks = vec![binding(
+        "tag",
+        &script,
+        BlockEvent::BeforePublish,
+        &["del/#"],
+    )];
+    let b = TestBroker::start_app(moonwire::app::App::new(cfg)).await;
+    let mut sub = v4::connect(v4::options(b.port(), "s")).await;
+    sub.subscribe("del/#", v4::QoS::AtLeastOnce).await;
+    let mut p = v4::connect(v4::options(b.port(), "p")).await;
+    std::fs::remove_file(&script).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    p.publish_acked("del/x", false, "still").await;
+    assert_eq!(&sub.next_publish().await.unwrap().payload[..], b"still!");
+    let (_, api) = http_get(b.running().http.unwrap(), "/api/blocks").await;
+    assert!(api.contains("\"name\":\"tag\""), "{api}");
+    b.stop().await;
+}
