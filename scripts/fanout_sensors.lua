@@ -1,7 +1,7 @@
 -- Bound to home/+/sensors (after_publish in the example config, behind validate_sensors, so
 -- only valid readings arrive). Splits a reading into retained per-value topics:
--- home/<device>/temperature, home/<device>/humidity, home/<device>/motion; payload = the value
--- as text ("21.5", "40.2", "false").
+-- home/<device>/readings/temperature, …/humidity, …/motion; payload = the value as text
+-- ("21.5", "40.2", "false"). Not home/<device>/motion: that topic carries motion events (JSON).
 local home = require("home")
 
 local M = {}
@@ -15,7 +15,7 @@ function M.on_publish(msg, ctx)
   for _, field in ipairs({ "temperature", "humidity", "motion" }) do
     local v = r[field]
     if v ~= nil and v ~= json.null then
-      mqtt.publish("home/" .. device .. "/" .. field, tostring(v), { retain = true })
+      mqtt.publish("home/" .. device .. "/readings/" .. field, tostring(v), { retain = true })
     end
   end
   return nil

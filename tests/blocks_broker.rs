@@ -73,9 +73,9 @@ async fn example_blocks_validate_fan_out_enrich_and_debounce() {
         );
     }
     assert_eq!(got["home/hall/sensors"].as_bytes(), good);
-    assert_eq!(got["home/hall/temperature"], "21.5");
-    assert_eq!(got["home/hall/humidity"], "40.5");
-    assert_eq!(got["home/hall/motion"], "true");
+    assert_eq!(got["home/hall/readings/temperature"], "21.5");
+    assert_eq!(got["home/hall/readings/humidity"], "40.5");
+    assert_eq!(got["home/hall/readings/motion"], "true");
 
     // (b) enrich: the room comes from kv (set through home/<device>/room), alert to alerts/<room>.
     let mut p = v4::connect(v4::options(b.port(), "pir")).await;

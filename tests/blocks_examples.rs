@@ -221,9 +221,9 @@ async fn fanout_splits_valid_readings_only() {
     assert_eq!(
         out,
         [
-            ("home/den/humidity".into(), "40.2".into(), true),
-            ("home/den/motion".into(), "false".into(), true),
-            ("home/den/temperature".into(), "21.5".into(), true),
+            ("home/den/readings/humidity".into(), "40.2".into(), true),
+            ("home/den/readings/motion".into(), "false".into(), true),
+            ("home/den/readings/temperature".into(), "21.5".into(), true),
         ]
     );
     e.shutdown().await;

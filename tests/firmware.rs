@@ -214,7 +214,7 @@ async fn micropython_example_under_cpython() {
                 assert!(v["humidity"].is_number() && v["ts"].is_number(), "{v}");
                 readings += 1;
             }
-            "home/hall/temperature" => temperature = true,
+            "home/hall/readings/temperature" => temperature = true,
             _ => {}
         }
     }
