@@ -25,6 +25,8 @@ struct Inner {
     saved: HashMap<String, HashSet<String>>,
     /// Wills waiting for their delay interval, cancelled when the client comes back.
     pending_wills: HashMap<String, CancellationToken>,
+    /// Session expiry timers of offline v5 sessions, cancelled when the client comes back.
+    pending_expiry: HashMap<String, CancellationToken>,
 }
 
 /// Registration of one live session; dropping it without `release` is also safe.
@@ -51,6 +53,9 @@ impl Registry {
             inner.next_generation += 1;
             let generation = inner.next_generation;
             if let Some(token) = inner.pending_wills.remove(client_id) {
+                token.cancel();
+            }
+            if let Some(token) = inner.pending_expiry.remove(client_id) {
                 token.cancel();
             }
             let old = inner.live.insert(
@@ -114,6 +119,42 @@ impl Registry {
             .lock()
             .saved
             .insert(client_id.to_string(), filters);
+    }
+
+    /// Records a session expiry timer so a reconnect can cancel it.
+    pub fn pending_expiry(&self, client_id: &str) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.inner
+            .lock()
+            .pending_expiry
+            .insert(client_id.to_string(), token.clone());
+        token
+    }
+
+    /// Registers `client_id` only if no session holds it (used to end an expired offline
+    /// session without disturbing a client that came back).
+    pub fn register_if_idle(&self, client_id: &str) -> Option<Registration> {
+        let (kick_tx, kicked) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        let mut inner = self.inner.lock();
+        if inner.live.contains_key(client_id) {
+            return None;
+        }
+        inner.next_generation += 1;
+        let generation = inner.next_generation;
+        inner.live.insert(
+            client_id.to_string(),
+            Entry {
+                generation,
+                kick: Some(kick_tx),
+                done: Some(done_rx),
+            },
+        );
+        Some(Registration {
+            generation,
+            kicked,
+            done,
+        })
     }
 
     /// Records a delayed will so a reconnect can cancel it.

@@ -343,6 +343,20 @@ pub mod raw {
         packet(0x10, &body)
     }
 
+    /// v5 CONNECT with a Session Expiry Interval property.
+    pub fn connect_v5_expiry(client_id: &str, clean: bool, expiry: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        string(b"MQTT", &mut body);
+        body.push(5);
+        body.push(if clean { 0x02 } else { 0 });
+        body.extend_from_slice(&0u16.to_be_bytes());
+        body.push(5);
+        body.push(0x11);
+        body.extend_from_slice(&expiry.to_be_bytes());
+        string(client_id.as_bytes(), &mut body);
+        packet(0x10, &body)
+    }
+
     pub fn publish(level: u8, topic: &[u8], payload: &[u8], qos: u8, pkid: u16) -> Vec<u8> {
         let mut body = Vec::new();
         string(topic, &mut body);

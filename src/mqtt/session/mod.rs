@@ -50,7 +50,11 @@ pub enum SessionError {
     #[error("broker shutting down")]
     Shutdown,
     #[error("client sent DISCONNECT")]
-    ClientDisconnect { with_will: bool },
+    ClientDisconnect {
+        with_will: bool,
+        /// A new session expiry interval sent with a v5 DISCONNECT.
+        expiry: Option<u32>,
+    },
     #[error("router: {0}")]
     Router(#[from] RouterError),
     #[error("connection refused: {0:?}")]
@@ -208,6 +212,11 @@ struct Session<R, W> {
     peer: std::net::SocketAddr,
     will: Option<Will>,
     keep_alive: Duration,
+    /// Seconds the session outlives the connection: 0 ends it at disconnect, `u32::MAX`
+    /// never (v3.1.1 persistent sessions).
+    expiry: u32,
+    /// Whether the router keeps this link's session after it disconnects.
+    router_persistent: bool,
     request_problem_info: bool,
     /// Incoming QoS 2 packet ids between PUBREC and PUBREL.
     qos2_incoming: HashSet<u16>,
@@ -349,11 +358,29 @@ async fn run_connected<R, W>(
     let filters = broker
         .registry
         .restore_filters(&client_id, connect.clean_session);
-    let connected = match broker
-        .router
-        .connect(client_id.clone(), connect.clean_session)
-        .await
-    {
+    // Session lifetime. v3.1.1: clean → ends at disconnect, persistent → forever. v5: the
+    // Session Expiry Interval (absent = 0) [MQTT-3.1.2-23].
+    let expiry = match (&codec.version, &info.props) {
+        (Version::V311, _) => {
+            if connect.clean_session {
+                0
+            } else {
+                u32::MAX
+            }
+        }
+        (Version::V5, props) => props
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval)
+            .unwrap_or(0),
+    };
+    // The router's one flag both discards an old session at connect and skips saving at
+    // disconnect. A v5 clean start with a session to keep needs both halves separately: end the
+    // old session first, then connect persistently.
+    let router_clean = connect.clean_session && expiry == 0;
+    if connect.clean_session && expiry > 0 {
+        end_router_session(&broker, &client_id).await;
+    }
+    let connected = match broker.router.connect(client_id.clone(), router_clean).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, client_id, error = %e, "router refused connection");
@@ -410,6 +437,8 @@ async fn run_connected<R, W>(
         rate: RateLimit::new(&broker.limits),
         will: info.will,
         keep_alive: Duration::from_secs(connect.keep_alive as u64),
+        expiry,
+        router_persistent: !router_clean,
         request_problem_info: props.request_problem_info != Some(0),
         qos2_incoming: HashSet::new(),
         filters,
@@ -437,11 +466,22 @@ async fn run_connected<R, W>(
         Err(e) => e,
     };
     note_failure(&broker, &err);
-    session.close(err, link, connect.clean_session).await;
+    session.close(err, link).await;
     broker.registry.release(&client_id, registration.generation);
     broker.links.fetch_sub(1, Relaxed);
     broker.metrics.connections.fetch_sub(1, Relaxed);
     drop(registration.done);
+}
+
+/// Ends the router's saved session for `client_id` (if any): connecting with clean start
+/// discards it, and a clean link is not saved when it disconnects. Callers hold the client id
+/// in the registry, so no real client races with the throwaway link.
+pub(super) async fn end_router_session(broker: &Broker, client_id: &str) {
+    match broker.router.connect(client_id.to_string(), true).await {
+        Ok(c) => c.link.disconnect().await,
+        Err(e) => tracing::warn!(client_id, error = %e, "could not end an expired session"),
+    }
+    broker.registry.restore_filters(client_id, true);
 }
 
 async fn refuse_connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -658,7 +698,8 @@ where
                 self.acks.push(Packet::PingResp(PingResp));
                 Ok(())
             }
-            Packet::Disconnect(d, _) => Err(SessionError::ClientDisconnect {
+            Packet::Disconnect(d, props) => Err(SessionError::ClientDisconnect {
+                expiry: props.and_then(|p| p.session_expiry_interval),
                 with_will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
             }),
             Packet::Connect(..) => Err(SessionError::Protocol("second CONNECT")),

@@ -88,13 +88,13 @@ where
 
     /// Ends the session: tells a v5 client why, fires the will when the close was abnormal,
     /// and hands the link back to the router.
-    pub(super) async fn close(mut self, why: SessionError, link: Link, clean: bool) {
+    pub(super) async fn close(mut self, why: SessionError, link: Link) {
         let v5 = self.codec.version == Version::V5;
         let (reason, fire_will) = match &why {
             SessionError::Shutdown => (Some(DisconnectReasonCode::ServerShuttingDown), false),
             SessionError::TakenOver => (Some(DisconnectReasonCode::SessionTakenOver), true),
             SessionError::KeepAlive => (Some(DisconnectReasonCode::KeepAliveTimeout), true),
-            SessionError::ClientDisconnect { with_will } => (None, *with_will),
+            SessionError::ClientDisconnect { with_will, .. } => (None, *with_will),
             SessionError::Codec(CodecError::TooLarge { .. }) => {
                 (Some(DisconnectReasonCode::PacketTooLarge), true)
             }
@@ -128,14 +128,57 @@ where
         if let (Some(media), false) = (&self.broker.media, matches!(why, SessionError::TakenOver)) {
             media.device_gone(&self.client_id);
         }
-        if !clean {
-            self.broker
-                .registry
-                .save_filters(&self.client_id, std::mem::take(&mut self.filters));
-        }
+        self.end_or_keep_session(&why).await;
         if let (true, Some(will)) = (fire_will, self.will.take()) {
             self.fire_will(will);
         }
+    }
+
+    /// Applies the session expiry: end the router's session now (0), keep it (never), or keep
+    /// it and end it later unless the client comes back. After a takeover the session lives on
+    /// in the new connection.
+    async fn end_or_keep_session(&mut self, why: &SessionError) {
+        if !self.router_persistent || matches!(why, SessionError::TakenOver) {
+            if matches!(why, SessionError::TakenOver) && self.router_persistent {
+                self.broker
+                    .registry
+                    .save_filters(&self.client_id, std::mem::take(&mut self.filters));
+            }
+            return;
+        }
+        let expiry = match why {
+            // A v5 client may change the interval when it leaves, but not from 0 [MQTT-3.14.2-2].
+            SessionError::ClientDisconnect {
+                expiry: Some(e), ..
+            } if self.expiry > 0 => *e,
+            _ => self.expiry,
+        };
+        if expiry == 0 {
+            super::end_router_session(&self.broker, &self.client_id).await;
+            return;
+        }
+        self.broker
+            .registry
+            .save_filters(&self.client_id, std::mem::take(&mut self.filters));
+        if expiry == u32::MAX {
+            return;
+        }
+        let broker = self.broker.clone();
+        let client_id = self.client_id.clone();
+        let cancel = broker.registry.pending_expiry(&client_id);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = broker.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(expiry as u64)) => {}
+            }
+            // Only if nobody took the id meanwhile; a client arriving now waits for us.
+            if let Some(reg) = broker.registry.register_if_idle(&client_id) {
+                super::end_router_session(&broker, &client_id).await;
+                broker.registry.release(&client_id, reg.generation);
+                tracing::debug!(client_id, "session expired");
+            }
+        });
     }
 
     fn fire_will(&self, (will, props): Will) {
