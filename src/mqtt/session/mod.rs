@@ -61,6 +61,8 @@ pub enum SessionError {
     Refused(ConnectReturnCode),
     #[error("publish rate limit exceeded persistently")]
     RateAbuse,
+    #[error("topic alias 0 or above the announced maximum")]
+    TopicAliasInvalid,
 }
 
 /// How long a new session waits for the one it takes over to close.
@@ -69,6 +71,8 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 4096;
 /// Router notifications written per flush.
 const WRITE_BATCH: usize = 512;
+/// Topic aliases a v5 client may set towards us (announced in CONNACK).
+const TOPIC_ALIAS_MAX: u16 = 64;
 
 /// Serves one accepted connection until it closes.
 pub async fn serve<S>(stream: S, meta: ConnMeta, broker: Arc<Broker>)
@@ -217,6 +221,8 @@ struct Session<R, W> {
     expiry: u32,
     /// Whether the router keeps this link's session after it disconnects.
     router_persistent: bool,
+    /// Topic aliases the client set (v5), at most `TOPIC_ALIAS_MAX`.
+    aliases: HashMap<u16, Bytes>,
     request_problem_info: bool,
     /// Incoming QoS 2 packet ids between PUBREC and PUBREL.
     qos2_incoming: HashSet<u16>,
@@ -299,6 +305,22 @@ async fn run_connected<R, W>(
         return;
     }
     let peer = meta.peer;
+    if info
+        .props
+        .as_ref()
+        .is_some_and(|p| p.authentication_method.is_some())
+    {
+        // No enhanced authentication method is configured [MQTT-4.12.0-1].
+        let ack = refuse(ConnectReturnCode::BadAuthenticationMethod);
+        let _ = refuse_connect(
+            &mut io,
+            &codec,
+            ack,
+            "enhanced authentication is not supported",
+        )
+        .await;
+        return;
+    }
     let login = info
         .login
         .as_ref()
@@ -417,7 +439,7 @@ async fn run_connected<R, W>(
         max_packet_size: Some(broker.limits.max_packet_size as u32),
         receive_max: Some(broker.limits.receive_maximum),
         retain_available: Some(1),
-        topic_alias_max: Some(0),
+        topic_alias_max: Some(TOPIC_ALIAS_MAX),
         shared_subscription_available: Some(1),
         wildcard_subscription_available: Some(1),
         ..Default::default()
@@ -439,6 +461,7 @@ async fn run_connected<R, W>(
         keep_alive: Duration::from_secs(connect.keep_alive as u64),
         expiry,
         router_persistent: !router_clean,
+        aliases: HashMap::new(),
         request_problem_info: props.request_problem_info != Some(0),
         qos2_incoming: HashSet::new(),
         filters,
@@ -741,10 +764,34 @@ where
         qos: QoS,
         pkid: u16,
     ) -> Result<Admit, SessionError> {
+        let mut publish = publish;
+        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+            // Resolved before any stage sees the topic [MQTT-3.3.2-7..12].
+            if alias == 0 || alias > TOPIC_ALIAS_MAX {
+                return Err(SessionError::TopicAliasInvalid);
+            }
+            if publish.topic.is_empty() {
+                publish.topic = self
+                    .aliases
+                    .get(&alias)
+                    .cloned()
+                    .ok_or(SessionError::Protocol("topic alias used before it was set"))?;
+            } else {
+                // A copy: the topic is a view into the socket read buffer.
+                self.aliases
+                    .insert(alias, Bytes::copy_from_slice(&publish.topic));
+            }
+        }
         self.check_topic(&publish.topic)?;
-        if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-            // We announce Topic Alias Maximum 0 [MQTT-3.2.2-17].
-            return Err(SessionError::Protocol("topic alias sent but none allowed"));
+        let utf8_declared = props
+            .as_ref()
+            .is_some_and(|p| p.payload_format_indicator == Some(1));
+        if utf8_declared && std::str::from_utf8(&publish.payload).is_err() {
+            let refused = (
+                DropCode::PayloadFormatInvalid,
+                "payload format indicator says UTF-8, the payload is not".to_string(),
+            );
+            return Ok(Admit::Answer(qos, pkid, Some(refused)));
         }
         if qos == QoS::ExactlyOnce && self.qos2_incoming.contains(&pkid) {
             // A resend before PUBREL: acknowledge again, deliver once [MQTT-4.3.3-9].

@@ -105,6 +105,9 @@ where
             SessionError::Protocol(_) => (Some(DisconnectReasonCode::ProtocolError), true),
             SessionError::TopicInvalid(_) => (Some(DisconnectReasonCode::TopicNameInvalid), true),
             SessionError::RateAbuse => (Some(DisconnectReasonCode::MessageRateTooHigh), true),
+            SessionError::TopicAliasInvalid => {
+                (Some(DisconnectReasonCode::TopicAliasInvalid), true)
+            }
             _ => (None, true),
         };
         tracing::debug!(client_id = self.client_id, reason = %why, "session closing");
