@@ -200,3 +200,32 @@ async fn shared_subscriptions_split_the_messages() {
     );
     b.stop().await;
 }
+
+/// [MQTT-3.3.4-9] More unacknowledged QoS 1/2 publishes than our Receive Maximum: DISCONNECT 0x93.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_maximum_is_enforced() {
+    let b = TestBroker::start_with(|c| c.limits.receive_maximum = 5).await;
+    let (mut c, connack) = v5_conn(&b, "greedy").await;
+    assert!(
+        connack.windows(3).any(|w| w == [0x21, 0, 5]),
+        "Receive Maximum 5 announced: {connack:?}"
+    );
+    // Five QoS 2 publishes without PUBREL are allowed …
+    for i in 1..=5u16 {
+        c.send(&publish_props(b"rm/x", &[], b"x", 2, i)).await;
+        assert_eq!(c.read(WAIT).await.unwrap().0, 0x50);
+    }
+    // … a sixth is not.
+    c.send(&publish_props(b"rm/x", &[], b"x", 2, 6)).await;
+    let (first, body) = c.read(WAIT).await.unwrap();
+    assert_eq!((first, body[0]), (0xE0, 0x93));
+    // Completing the flows keeps a client within the limit indefinitely.
+    let (mut c, _) = v5_conn(&b, "polite").await;
+    for i in 1..=20u16 {
+        c.send(&publish_props(b"rm/x", &[], b"x", 2, i)).await;
+        assert_eq!(c.read(WAIT).await.unwrap().0, 0x50);
+        c.send(&raw::packet(0x62, &i.to_be_bytes())).await;
+        assert_eq!(c.read(WAIT).await.unwrap().0, 0x70);
+    }
+    b.stop().await;
+}

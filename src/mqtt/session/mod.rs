@@ -63,6 +63,8 @@ pub enum SessionError {
     RateAbuse,
     #[error("topic alias 0 or above the announced maximum")]
     TopicAliasInvalid,
+    #[error("more unacknowledged QoS 1/2 publishes than the announced Receive Maximum")]
+    ReceiveMaximumExceeded,
 }
 
 /// How long a new session waits for the one it takes over to close.
@@ -223,6 +225,8 @@ struct Session<R, W> {
     router_persistent: bool,
     /// Topic aliases the client set (v5), at most `TOPIC_ALIAS_MAX`.
     aliases: HashMap<u16, Bytes>,
+    /// QoS 1/2 publishes of the current read batch, not yet acknowledged.
+    unacked_in_batch: usize,
     request_problem_info: bool,
     /// Incoming QoS 2 packet ids between PUBREC and PUBREL.
     qos2_incoming: HashSet<u16>,
@@ -462,6 +466,7 @@ async fn run_connected<R, W>(
         expiry,
         router_persistent: !router_clean,
         aliases: HashMap::new(),
+        unacked_in_batch: 0,
         request_problem_info: props.request_problem_info != Some(0),
         qos2_incoming: HashSet::new(),
         filters,
@@ -573,6 +578,7 @@ where
     /// and writes the acks.
     async fn handle_incoming(&mut self, link: &mut Link) -> Result<(), SessionError> {
         let mut publishes = 0u64;
+        self.unacked_in_batch = 0;
         let mut outcome = Ok(());
         // Publishes that pipeline stages want are started together and finished in order, so
         // a batch bound to a Lua block costs one worker round trip, not one per message.
@@ -796,6 +802,17 @@ where
         if qos == QoS::ExactlyOnce && self.qos2_incoming.contains(&pkid) {
             // A resend before PUBREL: acknowledge again, deliver once [MQTT-4.3.3-9].
             return Ok(Admit::Answer(qos, pkid, None));
+        }
+        if qos != QoS::AtMostOnce {
+            // Unacknowledged QoS 1/2 publishes: those of this batch (acked when it ends) and
+            // QoS 2 ones waiting for PUBREL, against the Receive Maximum we announced.
+            self.unacked_in_batch += 1;
+            let in_flight = self.unacked_in_batch + self.qos2_incoming.len();
+            if self.codec.version == Version::V5
+                && in_flight > self.broker.limits.receive_maximum as usize
+            {
+                return Err(SessionError::ReceiveMaximumExceeded);
+            }
         }
         if !self.rate.admit(publish.payload.len())? {
             self.broker.metrics.dropped(DropReason::RateLimited, 1);

@@ -108,6 +108,9 @@ where
             SessionError::TopicAliasInvalid => {
                 (Some(DisconnectReasonCode::TopicAliasInvalid), true)
             }
+            SessionError::ReceiveMaximumExceeded => {
+                (Some(DisconnectReasonCode::ReceiveMaximumExceeded), true)
+            }
             _ => (None, true),
         };
         tracing::debug!(client_id = self.client_id, reason = %why, "session closing");
