@@ -8,8 +8,8 @@
 //!   [`Router::connect`] runs on the blocking pool; [`Link::send_batch`] sends directly while
 //!   the channel has room and, when it is full, blocks inside `block_in_place` so the
 //!   worker's other tasks move to another thread (a current-thread runtime polls instead).
-//! - `Publish` keeps `qos` and `pkid` private; [`publish_meta`] reads them back from the
-//!   serialised form and [`build_publish`] constructs through `Publish::deserialize`.
+//! - `Publish` keeps `qos` and `pkid` private; [`peek_publish`] reads them from the
+//!   raw frame and [`build_publish`] constructs through `Publish::deserialize`.
 
 pub mod protocol {
     //! Packet types and codecs (rumqttd's), re-exported so callers depend on this module only.
@@ -18,8 +18,8 @@ pub mod protocol {
     pub use rumqttd::protocol::*;
 }
 
-use bytes::{BufMut, Bytes, BytesMut};
-use protocol::{LastWill, Packet, Publish, PublishProperties, QoS};
+use bytes::{BufMut, BytesMut};
+use protocol::{LastWill, Packet, Publish, QoS};
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::{Notification, RouterConfig};
 use std::collections::VecDeque;
@@ -262,19 +262,6 @@ pub fn peek_publish(frame: &[u8]) -> Option<(QoS, u16)> {
     ))
 }
 
-/// Copies topic and payload into one exact-size allocation, so a routed message does not pin
-/// the socket read buffer it was decoded from (rumqttd issue #1001).
-pub fn detach_publish(mut p: Publish) -> Publish {
-    let tlen = p.topic.len();
-    let mut b = BytesMut::with_capacity(tlen + p.payload.len());
-    b.put_slice(&p.topic);
-    b.put_slice(&p.payload);
-    let mut all = b.freeze();
-    p.topic = all.split_to(tlen);
-    p.payload = all;
-    p
-}
-
 /// Builds a `Publish` with the given QoS and packet id (fields rumqttd keeps private).
 pub fn build_publish(topic: &str, payload: &[u8], qos: QoS, retain: bool, pkid: u16) -> Publish {
     let mut o = BytesMut::with_capacity(5 + topic.len() + payload.len());
@@ -286,18 +273,8 @@ pub fn build_publish(topic: &str, payload: &[u8], qos: QoS, retain: bool, pkid: 
     Publish::deserialize(o.freeze())
 }
 
-/// The QoS of a publish, read through its serialised header byte.
-pub fn publish_qos(p: &Publish) -> QoS {
-    let mut header = p.clone();
-    header.payload = Bytes::new();
-    protocol::qos((header.serialize()[0] >> 1) & 0b11).unwrap_or(QoS::AtMostOnce)
-}
-
 /// A will held by the edge (the router's own will trigger is private and never fires).
 pub type Will = (LastWill, Option<protocol::LastWillProperties>);
-
-/// Properties type re-export for the pipeline.
-pub type PublishProps = PublishProperties;
 
 #[cfg(test)]
 mod tests {
@@ -310,7 +287,6 @@ mod tests {
         assert_eq!(&p.topic[..], b"a/b");
         assert_eq!(&p.payload[..], b"xyz");
         assert!(p.retain);
-        assert_eq!(publish_qos(&p), QoS::AtLeastOnce);
         let mut wire = BytesMut::new();
         protocol::V4
             .write(Packet::Publish(p, None), &mut wire)
@@ -324,15 +300,5 @@ mod tests {
         assert_eq!(peek_publish(&[0x32, 0x05, 0x00, 0x03, b'a']), None);
         assert_eq!(peek_publish(&[0x30, 0x00]), Some((QoS::AtMostOnce, 0)));
         assert_eq!(peek_publish(&[0x36, 0x00]), None);
-    }
-
-    #[test]
-    fn detach_copies_out_of_the_source_buffer() {
-        let src = Bytes::from_static(b"topicpayload");
-        let p = Publish::new(src.slice(0..5), src.slice(5..), false);
-        let d = detach_publish(p);
-        assert_eq!(&d.topic[..], b"topic");
-        assert_eq!(&d.payload[..], b"payload");
-        assert_ne!(d.payload.as_ptr(), src.slice(5..).as_ptr());
     }
 }

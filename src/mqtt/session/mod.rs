@@ -57,8 +57,6 @@ pub enum SessionError {
     },
     #[error("router: {0}")]
     Router(#[from] RouterError),
-    #[error("connection refused: {0:?}")]
-    Refused(ConnectReturnCode),
     #[error("publish rate limit exceeded persistently")]
     RateAbuse,
     #[error("topic alias 0 or above the announced maximum")]
