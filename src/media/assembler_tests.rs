@@ -1,4 +1,4 @@
-//! Tests of `assembler.rs`.
+//! Tests of `assembler.rs`; the parent module includes this file under #[cfg(test)].
 use super::*;
 use crate::media::fchunk::{FrameSpec, HEADER_LEN, encode_frame};
 

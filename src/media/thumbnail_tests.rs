@@ -1,4 +1,4 @@
-//! Tests of `thumbnail.rs`.
+//! Tests of `thumbnail.rs`; the parent module includes this file under #[cfg(test)].
 use super::*;
 
 fn fixture(name: &str) -> Vec<u8> {
