@@ -208,9 +208,9 @@ async fn failing_scripts_never_hurt_the_broker() {
     let mut timed = binding("spin", &spin, BlockEvent::BeforePublish, &["bad/spin"]);
     timed.timeout = Duration::from_millis(100);
     let mut bomb_b = binding("bomb", &bomb, BlockEvent::BeforePublish, &["bad/bomb"]);
-    bomb_b.memory = moonwire::blocks::ByteSize(8 << 20);
+    bomb_b.memory = ByteSize::mib(8);
     let mut rep_b = binding("rep", &rep, BlockEvent::BeforePublish, &["bad/rep"]);
-    rep_b.memory = moonwire::blocks::ByteSize(8 << 20);
+    rep_b.memory = ByteSize::mib(8);
     let mut boom_b = binding("boom", &boom, BlockEvent::BeforePublish, &["bad/boom"]);
     boom_b.on_error = OnError::Drop;
     cfg.blocks = vec![
@@ -223,7 +223,6 @@ async fn failing_scripts_never_hurt_the_broker() {
         binding("evil", &evil, BlockEvent::BeforePublish, &["bad/evil"]),
         binding("echo", &echo, BlockEvent::BeforePublish, &["bin/#"]),
     ];
-    let _ = ByteSize(0);
     let b = TestBroker::start_app(moonwire::app::App::new(cfg)).await;
     let mut sub = v4::connect(v4::options(b.port(), "w")).await;
     sub.subscribe("bad/#", v4::QoS::AtLeastOnce).await;
