@@ -229,3 +229,57 @@ async fn receive_maximum_is_enforced() {
     }
     b.stop().await;
 }
+
+/// [MQTT-3.8.4-8] (v5) and [MQTT-3.8.4-6] (v3.1.1): delivered QoS is min(publish QoS,
+/// subscription QoS). QoS 0 publishes reach a QoS 1 subscriber at QoS 0, interleaved with
+/// QoS 1 publishes that it acknowledges — well past the router's in-flight window of 100,
+/// which would stall if the acks the edge gives on the client's behalf were out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_is_downgraded_to_the_publish_qos() {
+    let b = TestBroker::start().await;
+    for level in [4u8, 5] {
+        let mut sub = raw::Conn::open(b.mqtt).await;
+        sub.send(&raw::connect(level, &format!("down{level}"), 0))
+            .await;
+        sub.read(WAIT).await.unwrap();
+        sub.send(&raw::subscribe(level, 1, "down/#", 1)).await;
+        assert_eq!(sub.read(WAIT).await.unwrap().0, 0x90);
+        let mut publisher = raw::Conn::open(b.mqtt).await;
+        publisher
+            .send(&raw::connect(4, &format!("downpub{level}"), 0))
+            .await;
+        publisher.read(WAIT).await.unwrap();
+        let n = 300u16;
+        let mut burst = Vec::new();
+        for i in 0..n {
+            let qos = (i % 2) as u8; // even: QoS 0, odd: QoS 1
+            burst.extend(raw::publish(4, b"down/x", &i.to_be_bytes(), qos, i + 1));
+        }
+        publisher.send(&burst).await;
+        for i in 0..n {
+            let (first, body) = sub
+                .read(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("message {i} of {n} (v{level})"));
+            let qos = (first >> 1) & 3;
+            assert_eq!(first & 0x08, 0, "no DUP on a first delivery");
+            assert_eq!(
+                qos,
+                (i % 2) as u8,
+                "message {i}: min(publish, subscription) QoS"
+            );
+            let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut at = 2 + tlen;
+            if qos == 1 {
+                let pkid = [body[at], body[at + 1]];
+                sub.send(&[0x40, 2, pkid[0], pkid[1]]).await;
+                at += 2;
+            }
+            if level == 5 {
+                at += 1 + body[at] as usize;
+            }
+            assert_eq!(&body[at..], &i.to_be_bytes(), "payload of message {i}");
+        }
+    }
+    b.stop().await;
+}

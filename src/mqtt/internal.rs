@@ -4,7 +4,7 @@
 use crate::metrics::{DropReason, Metrics};
 use crate::pipeline::Message;
 use crate::router::protocol::{Packet, QoS};
-use crate::router::{Outbound, Router, RouterError, build_publish};
+use crate::router::{Outbound, Router, RouterError, route_publish};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -72,6 +72,11 @@ impl Internal {
 fn to_packet(m: &Message) -> Packet {
     // Into the router everything goes at QoS 0: the edge owns acknowledgements, and the
     // router delivers at each subscription's QoS.
-    let publish = build_publish(&m.topic, &m.payload, QoS::AtMostOnce, m.retain, 0);
+    let qos = match m.qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    let publish = route_publish(&m.topic, &m.payload, m.retain, qos);
     Packet::Publish(publish, super::session::props_to_router(&m.props))
 }

@@ -9,7 +9,7 @@
 //!   the channel has room and, when it is full, blocks inside `block_in_place` so the
 //!   worker's other tasks move to another thread (a current-thread runtime polls instead).
 //! - `Publish` keeps `qos` and `pkid` private; [`peek_publish`] reads them from the
-//!   raw frame and [`build_publish`] constructs through `Publish::deserialize`.
+//!   raw frame and [`route_publish`] constructs through `Publish::deserialize`.
 
 pub mod protocol {
     //! Packet types and codecs (rumqttd's), re-exported so callers depend on this module only.
@@ -262,11 +262,24 @@ pub fn peek_publish(frame: &[u8]) -> Option<(QoS, u16)> {
     ))
 }
 
-/// Builds a `Publish` with the given QoS and packet id (fields rumqttd keeps private).
-pub fn build_publish(topic: &str, payload: &[u8], qos: QoS, retain: bool, pkid: u16) -> Publish {
+/// Header bit 3 (DUP) of a routed publish, set when the message was published at QoS 0.
+/// Publishes enter the router at QoS 0, where DUP means nothing, and the router stores and
+/// forwards the bit unchanged, so the subscriber's session can deliver at
+/// min(publish QoS, subscription QoS). Clients never see it (the edge clears it on the way out)
+/// and cannot forge it (the edge rebuilds every publish it routes).
+pub const QOS0_MARK: u8 = 0x08;
+
+/// The form in which a message enters the router: QoS 0, packet id 0, one exact-size buffer,
+/// and the [`QOS0_MARK`] when it was published at QoS 0.
+pub fn route_publish(topic: &str, payload: &[u8], retain: bool, published_at: QoS) -> Publish {
     let mut o = BytesMut::with_capacity(5 + topic.len() + payload.len());
-    o.put_u8(0b0011_0000 | retain as u8 | ((qos as u8) << 1));
-    o.put_u16(pkid);
+    let mark = if published_at == QoS::AtMostOnce {
+        QOS0_MARK
+    } else {
+        0
+    };
+    o.put_u8(0b0011_0000 | retain as u8 | mark);
+    o.put_u16(0);
     o.put_u16(topic.len() as u16);
     o.put_slice(topic.as_bytes());
     o.put_slice(payload);
@@ -282,15 +295,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn build_and_peek_round_trip() {
-        let p = build_publish("a/b", b"xyz", QoS::AtLeastOnce, true, 42);
-        assert_eq!(&p.topic[..], b"a/b");
-        assert_eq!(&p.payload[..], b"xyz");
-        assert!(p.retain);
-        let mut wire = BytesMut::new();
-        protocol::V4
-            .write(Packet::Publish(p, None), &mut wire)
-            .unwrap();
+    fn routed_publishes_carry_the_qos0_mark() {
+        for (qos, marked) in [(QoS::AtMostOnce, true), (QoS::AtLeastOnce, false)] {
+            let p = route_publish("a/b", b"xyz", true, qos);
+            assert_eq!(
+                (&p.topic[..], &p.payload[..], p.retain),
+                (&b"a/b"[..], &b"xyz"[..], true)
+            );
+            let mut wire = BytesMut::new();
+            protocol::V4
+                .write(Packet::Publish(p, None), &mut wire)
+                .unwrap();
+            assert_eq!(wire[0] & QOS0_MARK != 0, marked);
+            assert_eq!(peek_publish(&wire), Some((QoS::AtMostOnce, 0)));
+        }
+        // QoS 1, topic "a/b", packet id 42.
+        let wire = [0x32, 0x08, 0, 3, b'a', b'/', b'b', 0, 42, b'x'];
         assert_eq!(peek_publish(&wire), Some((QoS::AtLeastOnce, 42)));
     }
 

@@ -19,7 +19,7 @@ use crate::auth::{AuthError, Principal};
 use crate::metrics::DropReason;
 use crate::pipeline::{DropCode, Message, Origin, Outcome, now_ms, valid_filter};
 use crate::router::protocol::*;
-use crate::router::{Link, Outbound, RouterError, Will, build_publish};
+use crate::router::{Link, Outbound, QOS0_MARK, RouterError, Will, route_publish};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -225,6 +225,10 @@ struct Session<R, W> {
     aliases: HashMap<u16, Bytes>,
     /// QoS 1/2 publishes of the current read batch, not yet acknowledged.
     unacked_in_batch: usize,
+    /// Outgoing QoS 1/2 publishes in the order the router sent them, with the ack to hand back
+    /// once known. The router accepts acks only in that order, and some are the edge's own
+    /// (messages delivered at a lower QoS than the subscription's).
+    outgoing_order: VecDeque<(u16, Option<Packet>)>,
     request_problem_info: bool,
     /// Incoming QoS 2 packet ids between PUBREC and PUBREL.
     qos2_incoming: HashSet<u16>,
@@ -240,6 +244,14 @@ struct Session<R, W> {
     /// Acks to write once `to_router` has been handed over.
     acks: Vec<Packet>,
     rate: RateLimit,
+}
+
+fn qos_of(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
 }
 
 /// What `admit_publish` decided.
@@ -465,6 +477,7 @@ async fn run_connected<R, W>(
         router_persistent: !router_clean,
         aliases: HashMap::new(),
         unacked_in_batch: 0,
+        outgoing_order: VecDeque::new(),
         request_problem_info: props.request_problem_info != Some(0),
         qos2_incoming: HashSet::new(),
         filters,
@@ -665,7 +678,7 @@ where
         for ((qos, pkid, tapped), outcome) in metas.into_iter().zip(outcomes) {
             let refused = match outcome {
                 Outcome::Route(m) => {
-                    let p = build_publish(&m.topic, &m.payload, QoS::AtMostOnce, m.retain, 0);
+                    let p = route_publish(&m.topic, &m.payload, m.retain, qos_of(m.qos));
                     self.to_router
                         .push_back(Packet::Publish(p, props_to_router(&m.props)));
                     if tapped {
@@ -702,11 +715,13 @@ where
                 Ok(())
             }
             Packet::PubAck(a, _) => {
-                self.to_router.push_back(Packet::PubAck(a, None));
+                let pkid = a.pkid;
+                self.client_acked(pkid, Packet::PubAck(a, None));
                 Ok(())
             }
             Packet::PubRec(a, _) => {
-                self.to_router.push_back(Packet::PubRec(a, None));
+                let pkid = a.pkid;
+                self.client_acked(pkid, Packet::PubRec(a, None));
                 Ok(())
             }
             Packet::PubComp(a, _) => {
@@ -838,7 +853,7 @@ where
             }));
         }
         // Fast path: no stage cares. One copy detaches the message from the read buffer.
-        let p = build_publish(topic, &publish.payload, QoS::AtMostOnce, publish.retain, 0);
+        let p = route_publish(topic, &publish.payload, publish.retain, qos);
         Ok(Admit::Routed(
             Packet::Publish(p, props.map(strip_alias)),
             (qos, pkid),

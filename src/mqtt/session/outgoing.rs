@@ -1,6 +1,7 @@
 //! The outgoing half of a session — what the router sends a client — and how a session ends.
 
 use super::*;
+use bytes::BufMut;
 
 impl<R, W> Session<R, W>
 where
@@ -30,8 +31,12 @@ where
                             self.io.flush().await?;
                             return Err(SessionError::Protocol("router disconnected the client"));
                         }
+                        let start = self.io.wbuf.len();
+                        let publish = matches!(p, Packet::Publish(..));
                         if let Err(e) = self.codec.encode(p, &mut self.io.wbuf) {
                             tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable packet");
+                        } else if publish {
+                            self.settle_outgoing_publish(start);
                         }
                     }
                 }
@@ -45,12 +50,101 @@ where
             .metrics
             .messages_out
             .fetch_add(publishes, Relaxed);
+        // Acks the edge gave on the client's behalf that are now in order.
+        link.send_batch(&mut self.to_router).await?;
         let n = self.io.flush().await?;
         self.broker.metrics.bytes_out.fetch_add(n as u64, Relaxed);
         if unscheduled {
             link.wake().await?;
         }
         Ok(())
+    }
+
+    /// Looks at a publish just encoded at `start` in the write buffer: clears the QoS-0 mark,
+    /// delivers a QoS 0 message to a QoS 1 subscription at QoS 0 [MQTT-3.8.4-8] (acking the
+    /// router in the client's place), and records the ack order the router expects.
+    fn settle_outgoing_publish(&mut self, start: usize) {
+        let buf = &mut self.io.wbuf;
+        let Some(&byte1) = buf.get(start) else { return };
+        let marked = byte1 & QOS0_MARK != 0;
+        if marked {
+            buf[start] &= !QOS0_MARK;
+        }
+        let qos = (byte1 >> 1) & 0b11;
+        if qos == 0 {
+            return;
+        }
+        // Fixed header: byte 1, then the remaining length (1–4 bytes).
+        let mut hlen = 1;
+        let mut rlen = 0usize;
+        while let Some(&b) = buf.get(start + hlen) {
+            rlen |= ((b & 0x7F) as usize) << (7 * (hlen - 1));
+            hlen += 1;
+            if b & 0x80 == 0 || hlen > 4 {
+                break;
+            }
+        }
+        let body = start + hlen;
+        let (Some(&t0), Some(&t1)) = (buf.get(body), buf.get(body + 1)) else {
+            return;
+        };
+        let pk_at = body + 2 + u16::from_be_bytes([t0, t1]) as usize;
+        let (Some(&p0), Some(&p1)) = (buf.get(pk_at), buf.get(pk_at + 1)) else {
+            return;
+        };
+        let pkid = u16::from_be_bytes([p0, p1]);
+        if !(marked && qos == 1) {
+            self.outgoing_order.push_back((pkid, None));
+            return;
+        }
+        // Rewrite as QoS 0: same topic, properties and payload, no packet id.
+        let rest = buf.split_off(start);
+        buf.put_u8(0x30 | (byte1 & 0x01));
+        let mut n = rlen - 2;
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            buf.put_u8(b);
+            if n == 0 {
+                break;
+            }
+        }
+        buf.extend_from_slice(&rest[hlen..pk_at - start]);
+        buf.extend_from_slice(&rest[pk_at - start + 2..]);
+        let ack = Packet::PubAck(
+            PubAck {
+                pkid,
+                reason: PubAckReason::Success,
+            },
+            None,
+        );
+        self.outgoing_order.push_back((pkid, Some(ack)));
+        self.release_acks();
+    }
+
+    /// The client acknowledged an outgoing publish; hand acks to the router in its order.
+    pub(super) fn client_acked(&mut self, pkid: u16, ack: Packet) {
+        match self
+            .outgoing_order
+            .iter_mut()
+            .find(|(p, a)| *p == pkid && a.is_none())
+        {
+            Some(entry) => entry.1 = Some(ack),
+            // Not ours to order (e.g. resent after a reconnect): the router judges it.
+            None => self.to_router.push_back(ack),
+        }
+        self.release_acks();
+    }
+
+    fn release_acks(&mut self) {
+        while matches!(self.outgoing_order.front(), Some((_, Some(_)))) {
+            if let Some((_, Some(ack))) = self.outgoing_order.pop_front() {
+                self.to_router.push_back(ack);
+            }
+        }
     }
 
     /// Adjusts what the router sends before it reaches the client.
