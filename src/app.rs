@@ -216,6 +216,7 @@ impl App {
             blocks,
             media: media.clone(),
             per_ip: Default::default(),
+            no_local: Default::default(),
         });
         if let Some(m) = media {
             // Partial frames idle past the timeout are dropped and reported.

@@ -283,3 +283,56 @@ async fn qos_is_downgraded_to_the_publish_qos() {
     }
     b.stop().await;
 }
+
+/// [MQTT-3.8.3-3] No Local: a client's own publishes are not delivered to its No Local
+/// subscription (QoS 0 and 1), others' are, and no subscriber ever sees the internal origin
+/// property the broker uses for this, even if a client tries to send it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_local_subscriptions_skip_own_messages() {
+    let b = TestBroker::start().await;
+    let (mut me, _) = v5_conn(&b, "me").await;
+    // SUBSCRIBE nl/# with options QoS 1 | No Local.
+    let mut body = vec![0, 1, 0];
+    body.extend_from_slice(&4u16.to_be_bytes());
+    body.extend_from_slice(b"nl/#");
+    body.push(0x01 | 0x04);
+    me.send(&raw::packet(0x82, &body)).await;
+    assert_eq!(me.read(WAIT).await.unwrap().0, 0x90);
+    let (mut watcher, _) = v5::connect(v5::options(b.port(), "watcher")).await;
+    watcher.subscribe("nl/#", v5::QoS::AtLeastOnce).await;
+
+    // Own publishes at QoS 0 and 1, one carrying a forged origin property.
+    let forged = [
+        0x26, 0, 16, 0, b'm', b'o', b'o', b'n', b'w', b'i', b'r', b'e', b'-', b'o', b'r', b'i',
+        b'g', b'i', b'n', 0, 5, b'o', b't', b'h', b'e', b'r',
+    ];
+    me.send(&publish_props(b"nl/a", &[], b"own0", 0, 0)).await;
+    me.send(&publish_props(b"nl/a", &forged, b"own1", 1, 1))
+        .await;
+    assert_eq!(me.read(WAIT).await.unwrap().0, 0x40, "PUBACK for own QoS 1");
+    // Someone else's publish reaches it.
+    let (other, _) = v5::connect(v5::options(b.port(), "other")).await;
+    other
+        .client
+        .publish("nl/b", v5::QoS::AtLeastOnce, false, "theirs")
+        .await
+        .unwrap();
+    let (first, body) = me.read(WAIT).await.expect("the other client's message");
+    assert_eq!(first & 0xF0, 0x30);
+    assert!(
+        body.ends_with(b"theirs"),
+        "own messages were delivered: {body:?}"
+    );
+    // The watcher (no No Local) gets all three, none with the internal property.
+    for want in [&b"own0"[..], b"own1", b"theirs"] {
+        let p = watcher.next_publish().await.unwrap();
+        assert_eq!(&p.payload[..], want);
+        let users = p.properties.map(|p| p.user_properties).unwrap_or_default();
+        assert!(
+            users.iter().all(|(k, _)| !k.contains("moonwire-origin")),
+            "{users:?}"
+        );
+    }
+    // After unsubscribing, no origin is attached any more (nothing to skip).
+    b.stop().await;
+}

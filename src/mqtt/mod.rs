@@ -78,6 +78,38 @@ pub struct Broker {
     pub media: Option<Arc<crate::media::service::MediaService>>,
     /// Open connections per source address, for `limits.max_connections_per_ip`.
     pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Filters some v5 session subscribed with No Local, with how many sessions did.
+    pub no_local: parking_lot::RwLock<std::collections::HashMap<String, usize>>,
+}
+
+/// User property key under which a routed publish carries its publisher's client id, added
+/// only while a No Local subscription could match it. A NUL-prefixed key: MQTT strings may not
+/// contain U+0000, and the edge removes it from everything clients send and receive.
+pub const ORIGIN_KEY: &str = "\u{0}moonwire-origin";
+
+impl Broker {
+    /// Whether a publish to `topic` must carry its origin for No Local subscribers.
+    pub fn wants_origin(&self, topic: &str) -> bool {
+        let map = self.no_local.read();
+        !map.is_empty()
+            && map
+                .keys()
+                .any(|f| crate::pipeline::filter_matches(f, topic))
+    }
+
+    pub fn add_no_local(&self, filter: &str) {
+        *self.no_local.write().entry(filter.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn remove_no_local(&self, filter: &str) {
+        let mut map = self.no_local.write();
+        if let Some(n) = map.get_mut(filter) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(filter);
+            }
+        }
+    }
 }
 
 /// Counts one connection against its source address until dropped.

@@ -225,6 +225,8 @@ struct Session<R, W> {
     aliases: HashMap<u16, Bytes>,
     /// QoS 1/2 publishes of the current read batch, not yet acknowledged.
     unacked_in_batch: usize,
+    /// Filters this (v5) session subscribed with No Local.
+    no_local: HashSet<String>,
     /// Outgoing QoS 1/2 publishes in the order the router sent them, with the ack to hand back
     /// once known. The router accepts acks only in that order, and some are the edge's own
     /// (messages delivered at a lower QoS than the subscription's).
@@ -478,6 +480,7 @@ async fn run_connected<R, W>(
         aliases: HashMap::new(),
         unacked_in_batch: 0,
         outgoing_order: VecDeque::new(),
+        no_local: HashSet::new(),
         request_problem_info: props.request_problem_info != Some(0),
         qos2_incoming: HashSet::new(),
         filters,
@@ -679,8 +682,11 @@ where
             let refused = match outcome {
                 Outcome::Route(m) => {
                     let p = route_publish(&m.topic, &m.payload, m.retain, qos_of(m.qos));
-                    self.to_router
-                        .push_back(Packet::Publish(p, props_to_router(&m.props)));
+                    let mut props = props_to_router(&m.props);
+                    if m.origin.hop == 0 && m.origin.client_id == self.client_id {
+                        self.tag_origin(&mut props, &m.topic);
+                    }
+                    self.to_router.push_back(Packet::Publish(p, props));
                     if tapped {
                         broker.pipeline.after_publish(&m);
                     }
@@ -854,10 +860,23 @@ where
         }
         // Fast path: no stage cares. One copy detaches the message from the read buffer.
         let p = route_publish(topic, &publish.payload, publish.retain, qos);
-        Ok(Admit::Routed(
-            Packet::Publish(p, props.map(strip_alias)),
-            (qos, pkid),
-        ))
+        let mut props = props.map(strip_alias);
+        self.tag_origin(&mut props, topic);
+        Ok(Admit::Routed(Packet::Publish(p, props), (qos, pkid)))
+    }
+
+    /// Removes any origin property a client sent, and adds this client's id while a No Local
+    /// subscription could match the topic.
+    fn tag_origin(&self, props: &mut Option<PublishProperties>, topic: &str) {
+        if let Some(p) = props.as_mut() {
+            p.user_properties.retain(|(k, _)| k != super::ORIGIN_KEY);
+        }
+        if self.broker.wants_origin(topic) {
+            props
+                .get_or_insert_with(Default::default)
+                .user_properties
+                .push((super::ORIGIN_KEY.to_string(), self.client_id.clone()));
+        }
     }
 
     /// Queues the PUBACK/PUBREC for a decided publish (nothing for QoS 0).
@@ -928,7 +947,13 @@ where
             payload: Bytes::copy_from_slice(&publish.payload),
             qos: qos as u8,
             retain: publish.retain,
-            props: props.map(props_from_router).unwrap_or_default(),
+            props: props
+                .map(|mut p| {
+                    // Stages never see (or copy) an origin a client tried to forge.
+                    p.user_properties.retain(|(k, _)| k != super::ORIGIN_KEY);
+                    props_from_router(p)
+                })
+                .unwrap_or_default(),
             origin: Origin {
                 client_id: self.client_id.clone(),
                 username: self.username.clone(),
@@ -1010,6 +1035,14 @@ where
             }
             accepted = kept;
         }
+        for f in &accepted {
+            let wants = v5 && f.nolocal;
+            if wants && self.no_local.insert(f.path.clone()) {
+                self.broker.add_no_local(&f.path);
+            } else if !wants && self.no_local.remove(&f.path) {
+                self.broker.remove_no_local(&f.path);
+            }
+        }
         if accepted.is_empty() {
             let return_codes = codes.into_iter().flatten().collect();
             self.acks.push(Packet::SubAck(
@@ -1032,6 +1065,9 @@ where
         let mut reasons = Vec::with_capacity(unsub.filters.len());
         let mut expected = 0;
         for f in &unsub.filters {
+            if self.no_local.remove(f) {
+                self.broker.remove_no_local(f);
+            }
             if self.filters.remove(f) {
                 expected += 1;
                 reasons.push(UnsubAckReason::Success);

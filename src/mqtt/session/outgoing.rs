@@ -33,10 +33,11 @@ where
                         }
                         let start = self.io.wbuf.len();
                         let publish = matches!(p, Packet::Publish(..));
+                        let (p, own) = self.take_origin(p);
                         if let Err(e) = self.codec.encode(p, &mut self.io.wbuf) {
                             tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable packet");
                         } else if publish {
-                            self.settle_outgoing_publish(start);
+                            self.settle_outgoing_publish(start, own);
                         }
                     }
                 }
@@ -60,10 +61,35 @@ where
         Ok(())
     }
 
+    /// Removes the origin property from a publish; true when it is this client's own message
+    /// and a No Local subscription of this session matches it [MQTT-3.8.3-3].
+    fn take_origin(&self, p: Packet) -> (Packet, bool) {
+        let Packet::Publish(publish, Some(mut props)) = p else {
+            return (p, false);
+        };
+        let Some(i) = props
+            .user_properties
+            .iter()
+            .position(|(k, _)| k == super::super::ORIGIN_KEY)
+        else {
+            return (Packet::Publish(publish, Some(props)), false);
+        };
+        let (_, origin) = props.user_properties.remove(i);
+        let own = origin == self.client_id
+            && std::str::from_utf8(&publish.topic).is_ok_and(|t| {
+                self.no_local
+                    .iter()
+                    .any(|f| crate::pipeline::filter_matches(f, t))
+            });
+        let props = (props != PublishProperties::default()).then_some(props);
+        (Packet::Publish(publish, props), own)
+    }
+
     /// Looks at a publish just encoded at `start` in the write buffer: clears the QoS-0 mark,
-    /// delivers a QoS 0 message to a QoS 1 subscription at QoS 0 [MQTT-3.8.4-8] (acking the
-    /// router in the client's place), and records the ack order the router expects.
-    fn settle_outgoing_publish(&mut self, start: usize) {
+    /// delivers a QoS 0 message to a QoS 1 subscription at QoS 0 [MQTT-3.8.4-8], withholds a
+    /// client's own message from its No Local subscription (`own`; acking the router in the
+    /// client's place when needed), and records the ack order the router expects.
+    fn settle_outgoing_publish(&mut self, start: usize, own: bool) {
         let buf = &mut self.io.wbuf;
         let Some(&byte1) = buf.get(start) else { return };
         let marked = byte1 & QOS0_MARK != 0;
@@ -71,6 +97,10 @@ where
             buf[start] &= !QOS0_MARK;
         }
         let qos = (byte1 >> 1) & 0b11;
+        if own && qos == 0 {
+            self.io.wbuf.truncate(start);
+            return;
+        }
         if qos == 0 {
             return;
         }
@@ -93,6 +123,19 @@ where
             return;
         };
         let pkid = u16::from_be_bytes([p0, p1]);
+        if own && qos == 1 {
+            buf.truncate(start);
+            let ack = Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            );
+            self.outgoing_order.push_back((pkid, Some(ack)));
+            self.release_acks();
+            return;
+        }
         if !(marked && qos == 1) {
             self.outgoing_order.push_back((pkid, None));
             return;
@@ -227,6 +270,9 @@ where
         // chunks; its partial frames must survive the old session's close.
         if let (Some(media), false) = (&self.broker.media, matches!(why, SessionError::TakenOver)) {
             media.device_gone(&self.client_id);
+        }
+        for f in std::mem::take(&mut self.no_local) {
+            self.broker.remove_no_local(&f);
         }
         self.end_or_keep_session(&why).await;
         if let (true, Some(will)) = (fire_will, self.will.take()) {
