@@ -217,6 +217,7 @@ impl App {
             media: media.clone(),
             per_ip: Default::default(),
             no_local: Default::default(),
+            no_local_filters: AtomicUsize::new(0),
         });
         if let Some(m) = media {
             // Partial frames idle past the timeout are dropped and reported.

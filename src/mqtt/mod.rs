@@ -21,6 +21,7 @@ use crate::pipeline::{Message, Outcome, Pipeline};
 use crate::router::Router;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +81,8 @@ pub struct Broker {
     pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Filters some v5 session subscribed with No Local, with how many sessions did.
     pub no_local: parking_lot::RwLock<std::collections::HashMap<String, usize>>,
+    /// Entries in `no_local`, read on every publish without taking the lock.
+    pub no_local_filters: AtomicUsize,
 }
 
 /// User property key under which a routed publish carries its publisher's client id, added
@@ -90,15 +93,18 @@ pub const ORIGIN_KEY: &str = "\u{0}moonwire-origin";
 impl Broker {
     /// Whether a publish to `topic` must carry its origin for No Local subscribers.
     pub fn wants_origin(&self, topic: &str) -> bool {
+        if self.no_local_filters.load(Relaxed) == 0 {
+            return false;
+        }
         let map = self.no_local.read();
-        !map.is_empty()
-            && map
-                .keys()
-                .any(|f| crate::pipeline::filter_matches(f, topic))
+        map.keys()
+            .any(|f| crate::pipeline::filter_matches(f, topic))
     }
 
     pub fn add_no_local(&self, filter: &str) {
-        *self.no_local.write().entry(filter.to_string()).or_insert(0) += 1;
+        let mut map = self.no_local.write();
+        *map.entry(filter.to_string()).or_insert(0) += 1;
+        self.no_local_filters.store(map.len(), Relaxed);
     }
 
     pub fn remove_no_local(&self, filter: &str) {
@@ -109,6 +115,7 @@ impl Broker {
                 map.remove(filter);
             }
         }
+        self.no_local_filters.store(map.len(), Relaxed);
     }
 }
 
