@@ -3,8 +3,8 @@
 
 use crate::metrics::{DropReason, Metrics};
 use crate::pipeline::Message;
-use crate::router::protocol::{Packet, QoS};
-use crate::router::{Outbound, Router, RouterError, route_publish};
+use crate::router::protocol::Packet;
+use crate::router::{Outbound, Router, RouterError, qos_from, route_publish};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -72,11 +72,6 @@ impl Internal {
 fn to_packet(m: &Message) -> Packet {
     // Into the router everything goes at QoS 0: the edge owns acknowledgements, and the
     // router delivers at each subscription's QoS.
-    let qos = match m.qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    };
-    let publish = route_publish(&m.topic, &m.payload, m.retain, qos);
+    let publish = route_publish(&m.topic, &m.payload, m.retain, qos_from(m.qos));
     Packet::Publish(publish, super::session::props_to_router(&m.props))
 }

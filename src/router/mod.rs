@@ -286,6 +286,11 @@ pub fn route_publish(topic: &str, payload: &[u8], retain: bool, published_at: Qo
     Publish::deserialize(o.freeze())
 }
 
+/// The QoS of a pipeline message's number (values above 2 cannot occur; they mean 2).
+pub fn qos_from(n: u8) -> QoS {
+    protocol::qos(n.min(2)).unwrap_or(QoS::ExactlyOnce)
+}
+
 /// A will held by the edge (the router's own will trigger is private and never fires).
 pub type Will = (LastWill, Option<protocol::LastWillProperties>);
 

@@ -20,7 +20,7 @@ use crate::auth::{AuthError, Principal};
 use crate::metrics::DropReason;
 use crate::pipeline::{DropCode, Message, Origin, Outcome, now_ms, valid_filter};
 use crate::router::protocol::*;
-use crate::router::{Link, Outbound, QOS0_MARK, RouterError, Will, route_publish};
+use crate::router::{Link, Outbound, QOS0_MARK, RouterError, Will, qos_from, route_publish};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -249,14 +249,6 @@ struct Session<R, W> {
     rate: RateLimit,
 }
 
-fn qos_of(n: u8) -> QoS {
-    match n {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 /// What `admit_publish` decided.
 enum Admit {
     /// Fast path: the packet for the router and the (QoS, packet id) to acknowledge.
@@ -378,11 +370,7 @@ async fn run_connected<R, W>(
     if broker.links.fetch_add(1, Relaxed) >= broker.limits.max_connections {
         broker.links.fetch_sub(1, Relaxed);
         broker.metrics.dropped(DropReason::ConnectionLimit, 1);
-        let code = if v5 {
-            ConnectReturnCode::ServerUnavailable
-        } else {
-            ConnectReturnCode::ServiceUnavailable
-        };
+        let code = unavailable(v5);
         let _ = refuse_connect(
             &mut io,
             &codec,
@@ -425,11 +413,7 @@ async fn run_connected<R, W>(
             tracing::warn!(%peer, client_id, error = %e, "router refused connection");
             broker.links.fetch_sub(1, Relaxed);
             broker.registry.release(&client_id, registration.generation);
-            let code = if v5 {
-                ConnectReturnCode::ServerUnavailable
-            } else {
-                ConnectReturnCode::ServiceUnavailable
-            };
+            let code = unavailable(v5);
             let _ = refuse_connect(
                 &mut io,
                 &codec,
@@ -541,6 +525,15 @@ async fn refuse_connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     io.flush().await?;
     let _ = io.writer.shutdown().await;
     Ok(())
+}
+
+/// "Server unavailable" in each version's vocabulary (v5 0x88, v3.1.1 3).
+fn unavailable(v5: bool) -> ConnectReturnCode {
+    if v5 {
+        ConnectReturnCode::ServerUnavailable
+    } else {
+        ConnectReturnCode::ServiceUnavailable
+    }
 }
 
 fn valid_client_id(id: &str) -> bool {

@@ -125,15 +125,7 @@ where
         let pkid = u16::from_be_bytes([p0, p1]);
         if own && qos == 1 {
             buf.truncate(start);
-            let ack = Packet::PubAck(
-                PubAck {
-                    pkid,
-                    reason: PubAckReason::Success,
-                },
-                None,
-            );
-            self.outgoing_order.push_back((pkid, Some(ack)));
-            self.release_acks();
+            self.ack_for_client(pkid);
             return;
         }
         if !(marked && qos == 1) {
@@ -157,15 +149,7 @@ where
         }
         buf.extend_from_slice(&rest[hlen..pk_at - start]);
         buf.extend_from_slice(&rest[pk_at - start + 2..]);
-        let ack = Packet::PubAck(
-            PubAck {
-                pkid,
-                reason: PubAckReason::Success,
-            },
-            None,
-        );
-        self.outgoing_order.push_back((pkid, Some(ack)));
-        self.release_acks();
+        self.ack_for_client(pkid);
     }
 
     /// The client acknowledged an outgoing publish; hand acks to the router in its order.
@@ -179,6 +163,15 @@ where
             // Not ours to order (e.g. resent after a reconnect): the router judges it.
             None => self.to_router.push_back(ack),
         }
+        self.release_acks();
+    }
+
+    /// The edge acknowledges a QoS 1 delivery in the client's place (the client got it at
+    /// QoS 0, or not at all); the ack joins the router's order.
+    fn ack_for_client(&mut self, pkid: u16) {
+        let reason = PubAckReason::Success;
+        self.outgoing_order
+            .push_back((pkid, Some(Packet::PubAck(PubAck { pkid, reason }, None))));
         self.release_acks();
     }
 

@@ -30,7 +30,7 @@ where
         for ((qos, pkid, tapped), outcome) in metas.into_iter().zip(outcomes) {
             let refused = match outcome {
                 Outcome::Route(m) => {
-                    let p = route_publish(&m.topic, &m.payload, m.retain, qos_of(m.qos));
+                    let p = route_publish(&m.topic, &m.payload, m.retain, qos_from(m.qos));
                     let mut props = props_to_router(&m.props);
                     if m.origin.hop == 0 && m.origin.client_id == self.client_id {
                         self.tag_origin(&mut props, &m.topic);
