@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::{Broker, Internal, Registry, SessionLimits};
 use crate::pipeline::{Pipeline, Stage, Tap, TopicBudgets};
 use crate::router::{Router, RouterError, RouterSettings};
+use crate::store::{Store, StoreError};
 use crate::watch::{FileWatch, watch_file};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub enum AppError {
     Blocks(#[from] BlockError),
     #[error(transparent)]
     Media(#[from] crate::media::service::MediaServiceError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Builder for a broker: config plus extra pipeline stages and taps.
@@ -116,6 +119,15 @@ impl App {
             max_outgoing_packet_count: cfg.router.max_outgoing_packet_count,
         });
         let internal = Internal::start(&router, metrics.clone(), shutdown.clone()).await?;
+        let (store, restored) = if cfg.storage.persistence {
+            let settings = cfg.storage.store_settings();
+            let (store, restored) = tokio::task::spawn_blocking(move || Store::open(settings))
+                .await
+                .map_err(|e| StoreError::Read(e.to_string()))??;
+            (Some(store), Some(restored))
+        } else {
+            (None, None)
+        };
 
         let users = match cfg.auth.users_file.as_str() {
             "" => None,
@@ -218,7 +230,11 @@ impl App {
             per_ip: Default::default(),
             no_local: Default::default(),
             no_local_filters: AtomicUsize::new(0),
+            store,
         });
+        if let Some(restored) = restored {
+            restore(&broker, restored).await;
+        }
         if let Some(m) = media {
             // Partial frames idle past the timeout are dropped and reported.
             let every = (cfg.media.frame_timeout / 5)
@@ -357,6 +373,46 @@ impl App {
     }
 }
 
+/// Puts what the store held back before any client connects: retained messages into the
+/// router, persistent sessions into the registry (offline, with their expiry timers).
+async fn restore(broker: &Arc<Broker>, restored: crate::store::Restored) {
+    let started = std::time::Instant::now();
+    let (retained, sessions) = (restored.retained.len(), restored.sessions.len());
+    for m in restored.retained {
+        let msg = crate::pipeline::Message {
+            topic: m.topic(),
+            payload: m.publish.payload.clone(),
+            qos: m.qos,
+            retain: true,
+            props: m
+                .props
+                .map(crate::mqtt::session::props_from_router)
+                .unwrap_or_default(),
+            origin: crate::pipeline::Origin {
+                client_id: crate::mqtt::INTERNAL_CLIENT_ID.to_string(),
+                username: None,
+                hop: 0,
+            },
+            received_at: m.stored_at_ms,
+        };
+        broker.internal.send(msg).await;
+    }
+    for (client, filters, expires_in) in restored.sessions {
+        let paths = filters.into_iter().map(|f| f.path).collect();
+        broker.registry.save_filters(&client, paths);
+        if let Some(after) = expires_in {
+            crate::mqtt::session::schedule_expiry(broker.clone(), client, after);
+        }
+    }
+    tracing::info!(
+        retained,
+        sessions,
+        queued = restored.queued,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "restored from the store"
+    );
+}
+
 /// Reloads the users file, the ACL file, and the config file's ACL rules and blocks when they
 /// change.
 fn watch_config(
@@ -483,6 +539,10 @@ impl Running {
             .is_err()
         {
             tracing::warn!("shutdown grace period elapsed with connections still open");
+        }
+        if let Some(store) = self.broker.store.clone() {
+            // Commits and fsyncs whatever the closing sessions wrote.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
     }
 

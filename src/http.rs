@@ -18,6 +18,7 @@ pub fn app(broker: Arc<Broker>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/blocks", get(blocks))
+        .route("/api/sessions", get(sessions))
         .route("/media/{camera}/latest.jpg", get(latest_frame))
         .route("/media/{camera}/latest-thumb.jpg", get(latest_thumb))
         .route("/media/{id}", get(media_by_id))
@@ -32,6 +33,9 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     if let Some(media) = &broker.media {
         text.push_str(&crate::metrics::render_media(media));
     }
+    if let Some(store) = &broker.store {
+        text.push_str(&store.render_metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -39,6 +43,20 @@ fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Persistent sessions with their queues (what is waiting for offline devices, and what
+/// their queue limits dropped).
+async fn sessions(State(broker): State<Arc<Broker>>) -> Json<Value> {
+    let sessions = broker
+        .store
+        .as_ref()
+        .map(|s| s.sessions())
+        .unwrap_or_default();
+    Json(json!({
+        "persistence": broker.store.is_some(),
+        "sessions": sessions,
+    }))
 }
 
 /// Every bound block with its version, load time, counters and last error.

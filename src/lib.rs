@@ -27,4 +27,5 @@ pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
 pub mod router;
+pub mod store;
 pub mod watch;

@@ -503,6 +503,9 @@ async fn unwritable_data_dir_keeps_routing() {
     // A regular file where the data directory should be: nothing can be stored.
     let f = tempfile::NamedTempFile::new().unwrap();
     cfg.storage.data_dir = f.path().join("sub");
+    // The broker's own store refuses to start without its directory (tests/durability.rs);
+    // this test is about media storage failing while the broker runs.
+    cfg.storage.persistence = false;
     cfg.block_engine.kv_path = tempfile::tempdir()
         .unwrap()
         .keep()

@@ -26,6 +26,10 @@ const BUNDLED: &[(&str, &str)] = &[
         include_str!("../../scripts/heartbeat.lua"),
     ),
     (
+        "scripts/camera_thumbs.lua",
+        include_str!("../../scripts/camera_thumbs.lua"),
+    ),
+    (
         "scripts/lib/home.lua",
         include_str!("../../scripts/lib/home.lua"),
     ),
@@ -46,5 +50,25 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
             }
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded default config must run from any directory: every script it names is
+    /// bundled.
+    #[test]
+    fn every_default_block_script_is_bundled() {
+        let cfg = crate::config::Config::load(None).unwrap();
+        assert!(!cfg.blocks.is_empty());
+        for b in &cfg.blocks {
+            let script = b.script.to_string_lossy().replace('\\', "/");
+            assert!(
+                BUNDLED.iter().any(|(p, _)| *p == script),
+                "{script} is not bundled"
+            );
+        }
     }
 }

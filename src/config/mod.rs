@@ -280,6 +280,25 @@ pub struct RouterConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    /// Keep retained messages, persistent sessions and their queues across restarts.
+    pub persistence: bool,
+    pub fsync: crate::store::Fsync,
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+    pub max_queued_messages: u64,
+    pub max_queued_bytes: ByteSize,
+}
+
+impl StorageConfig {
+    pub fn store_settings(&self) -> crate::store::StoreSettings {
+        crate::store::StoreSettings {
+            data_dir: self.data_dir.clone(),
+            fsync: self.fsync,
+            fsync_interval: self.fsync_interval,
+            max_queued_messages: self.max_queued_messages,
+            max_queued_bytes: self.max_queued_bytes.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

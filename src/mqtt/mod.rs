@@ -83,6 +83,8 @@ pub struct Broker {
     pub no_local: parking_lot::RwLock<std::collections::HashMap<String, usize>>,
     /// Entries in `no_local`, read on every publish without taking the lock.
     pub no_local_filters: AtomicUsize,
+    /// Durable state (retained, persistent sessions); `None` with `storage.persistence = false`.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 /// User property key under which a routed publish carries its publisher's client id, added
@@ -168,6 +170,15 @@ impl Broker {
     pub async fn publish(&self, msg: Message) -> Outcome {
         let outcome = self.pipeline.process(msg).await;
         if let Outcome::Route(m) = &outcome {
+            if let Some(store) = &self.store {
+                let props = session::props_to_router(&m.props);
+                let ticket = store.capture(&m.topic, &m.payload, m.qos, m.retain, props.as_ref());
+                if let Some(Err(e)) =
+                    futures_util::future::OptionFuture::from(ticket.map(|t| t.wait())).await
+                {
+                    tracing::error!(topic = m.topic, error = %e, "store write failed for a broker-originated message");
+                }
+            }
             if self.pipeline.tapped(&m.topic) {
                 self.pipeline.after_publish(m);
             }

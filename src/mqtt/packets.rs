@@ -54,7 +54,7 @@ pub fn props_to_router(p: &Props) -> Option<PublishProperties> {
     })
 }
 
-pub(super) fn props_from_router(p: PublishProperties) -> Props {
+pub fn props_from_router(p: PublishProperties) -> Props {
     Props {
         payload_format_indicator: p.payload_format_indicator,
         message_expiry_interval: p.message_expiry_interval,

@@ -7,13 +7,14 @@
 //! drops a message, lets v5 clients see the stage's reason code, and makes the edge the one
 //! place that finishes QoS 2 flows (PUBREL → PUBCOMP).
 
+mod durable;
 mod outgoing;
 mod publish;
 
 use super::codec::{Codec, CodecError, Version, detect_version};
 use super::internal::INTERNAL_CLIENT_ID;
-pub use super::packets::props_to_router;
-use super::packets::{props_from_router, pubrec, strip_alias, unsuback, valid_shared, will_props};
+pub use super::packets::{props_from_router, props_to_router};
+use super::packets::{pubrec, strip_alias, unsuback, valid_shared, will_props};
 use super::rate::RateLimit;
 use super::{Broker, ConnMeta, SessionLimits};
 use crate::auth::{AuthError, Principal};
@@ -64,6 +65,8 @@ pub enum SessionError {
     TopicAliasInvalid,
     #[error("more unacknowledged QoS 1/2 publishes than the announced Receive Maximum")]
     ReceiveMaximumExceeded,
+    #[error("store: {0}")]
+    Store(String),
 }
 
 /// How long a new session waits for the one it takes over to close.
@@ -247,6 +250,15 @@ struct Session<R, W> {
     /// Acks to write once `to_router` has been handed over.
     acks: Vec<Packet>,
     rate: RateLimit,
+    /// Store writes the acks in `acks` wait for.
+    tickets: Vec<crate::store::Ticket>,
+    /// Queued messages the store restored, being delivered.
+    replay: durable::Replay,
+    /// Drop retained messages the router sends for subscriptions restored from the store,
+    /// until the client subscribes itself.
+    suppress_retained: bool,
+    /// SUBACKs the router owes for restored subscriptions (packet id 0), to swallow.
+    internal_subacks: usize,
 }
 
 /// What `admit_publish` decided.
@@ -424,6 +436,31 @@ async fn run_connected<R, W>(
             return;
         }
     };
+    let resume = match &broker.store {
+        Some(store) => {
+            store
+                .session_connected(&client_id, expiry > 0, connect.clean_session, expiry)
+                .await
+        }
+        None => Ok(Default::default()),
+    };
+    let resume: crate::store::Resume = match resume {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(%peer, client_id, error = %e, "store refused the session");
+            connected.link.disconnect().await;
+            broker.links.fetch_sub(1, Relaxed);
+            broker.registry.release(&client_id, registration.generation);
+            let _ = refuse_connect(
+                &mut io,
+                &codec,
+                refuse(unavailable(v5)),
+                "store unavailable",
+            )
+            .await;
+            return;
+        }
+    };
     let props = info.props.unwrap_or(ConnectProperties {
         session_expiry_interval: None,
         receive_maximum: None,
@@ -446,9 +483,10 @@ async fn run_connected<R, W>(
         ..Default::default()
     });
     let ack = ConnAck {
-        session_present: connected.session_present,
+        session_present: connected.session_present || resume.restored.is_some(),
         code: ConnectReturnCode::Success,
     };
+    let receive_max = props.receive_maximum.unwrap_or(u16::MAX);
     let mut link = connected.link;
     let mut session = Session {
         io,
@@ -473,20 +511,29 @@ async fn run_connected<R, W>(
         pending_unsuback: HashMap::new(),
         to_router: VecDeque::new(),
         acks: Vec::new(),
+        tickets: Vec::new(),
+        replay: Default::default(),
+        suppress_retained: false,
+        internal_subacks: 0,
     };
     broker.metrics.connections.fetch_add(1, Relaxed);
     broker.metrics.connections_total.fetch_add(1, Relaxed);
     tracing::debug!(%peer, client_id, version = ?session.codec.version, "client connected");
 
-    let result = match session
-        .codec
-        .encode(Packet::ConnAck(ack, ack_props), &mut session.io.wbuf)
-    {
+    let result = match session.resume(&mut link, resume, receive_max).await {
+        Ok(()) => session
+            .codec
+            .encode(Packet::ConnAck(ack, ack_props), &mut session.io.wbuf)
+            .map_err(SessionError::from)
+            .and_then(|_| session.send_replay()),
+        Err(e) => Err(e),
+    };
+    let result = match result {
         Ok(_) => match session.io.flush().await {
             Ok(_) => session.run(&mut link, registration.kicked).await,
             Err(e) => Err(e),
         },
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     };
     let err = match result {
         Ok(()) => SessionError::Closed,
@@ -498,6 +545,27 @@ async fn run_connected<R, W>(
     broker.links.fetch_sub(1, Relaxed);
     broker.metrics.connections.fetch_sub(1, Relaxed);
     drop(registration.done);
+}
+
+/// Ends the offline session of `client_id` after `after`, unless the client comes back first.
+pub fn schedule_expiry(broker: Arc<Broker>, client_id: String, after: Duration) {
+    let cancel = broker.registry.pending_expiry(&client_id);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = broker.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(after) => {}
+        }
+        // Only if nobody took the id meanwhile; a client arriving now waits for us.
+        if let Some(reg) = broker.registry.register_if_idle(&client_id) {
+            end_router_session(&broker, &client_id).await;
+            if let Some(store) = &broker.store {
+                store.session_ended(&client_id);
+            }
+            broker.registry.release(&client_id, reg.generation);
+            tracing::debug!(client_id, "session expired");
+        }
+    });
 }
 
 /// Ends the router's saved session for `client_id` (if any): connecting with clean start
@@ -643,8 +711,10 @@ where
             .metrics
             .messages_in
             .fetch_add(publishes, Relaxed);
-        // Whatever was accepted before an error still reaches the router and gets its ack.
+        // Whatever was accepted before an error still reaches the router and gets its ack,
+        // once the store holds what the ack promises.
         link.send_batch(&mut self.to_router).await?;
+        self.wait_durable().await?;
         for ack in self.acks.drain(..) {
             self.codec.encode(ack, &mut self.io.wbuf)?;
         }
@@ -658,6 +728,10 @@ where
             Packet::PubRel(pubrel, _) => {
                 // The edge finished every incoming QoS 2 flow itself (see module docs).
                 let reason = if self.qos2_incoming.remove(&pubrel.pkid) {
+                    let t = self
+                        .persistent_store()
+                        .map(|s| s.qos2_released(&self.client_id, pubrel.pkid));
+                    self.hold_ack(t);
                     PubCompReason::Success
                 } else {
                     PubCompReason::PacketIdentifierNotFound
@@ -673,16 +747,22 @@ where
             }
             Packet::PubAck(a, _) => {
                 let pkid = a.pkid;
-                self.client_acked(pkid, Packet::PubAck(a, None));
+                if !self.replay_ack(pkid, durable::AckKind::Ack)? {
+                    self.client_acked(pkid, Packet::PubAck(a, None));
+                }
                 Ok(())
             }
             Packet::PubRec(a, _) => {
                 let pkid = a.pkid;
-                self.client_acked(pkid, Packet::PubRec(a, None));
+                if !self.replay_ack(pkid, durable::AckKind::Rec)? {
+                    self.client_acked(pkid, Packet::PubRec(a, None));
+                }
                 Ok(())
             }
             Packet::PubComp(a, _) => {
-                self.to_router.push_back(Packet::PubComp(a, None));
+                if !self.replay_ack(a.pkid, durable::AckKind::Comp)? {
+                    self.to_router.push_back(Packet::PubComp(a, None));
+                }
                 Ok(())
             }
             Packet::Subscribe(sub, props) => {
@@ -778,6 +858,16 @@ where
             }
             accepted = kept;
         }
+        self.suppress_retained = false;
+        if let Some(store) = self.persistent_store() {
+            let id = props.as_ref().and_then(|p| p.id);
+            let add: Vec<_> = accepted
+                .iter()
+                .map(|f| durable::stored_filter(f, id))
+                .collect();
+            let t = store.set_filters(&self.client_id, &add, &[]);
+            self.hold_ack(Some(t));
+        }
         for f in &accepted {
             let wants = v5 && f.nolocal;
             if wants && self.no_local.insert(f.path.clone()) {
@@ -804,6 +894,11 @@ where
         self.to_router.push_back(Packet::Subscribe(sub, props));
     }
 
+    /// The store, when this session's state outlives the connection.
+    fn persistent_store(&self) -> Option<Arc<crate::store::Store>> {
+        self.broker.store.clone().filter(|_| self.router_persistent)
+    }
+
     fn handle_unsubscribe(&mut self, unsub: Unsubscribe, props: Option<UnsubscribeProperties>) {
         let mut reasons = Vec::with_capacity(unsub.filters.len());
         let mut expected = 0;
@@ -817,6 +912,10 @@ where
             } else {
                 reasons.push(UnsubAckReason::NoSubscriptionExisted);
             }
+        }
+        if let Some(store) = self.persistent_store() {
+            let t = store.set_filters(&self.client_id, &[], &unsub.filters);
+            self.hold_ack(Some(t));
         }
         if expected == 0 {
             self.acks

@@ -97,6 +97,9 @@ where
             buf[start] &= !QOS0_MARK;
         }
         let qos = (byte1 >> 1) & 0b11;
+        // Retained copies for restored subscriptions (the router clears the flag on live
+        // messages, so a set flag means "sent because of a new subscription").
+        let own = own || (self.suppress_retained && byte1 & 0x01 != 0 && qos < 2);
         if own && qos == 0 {
             self.io.wbuf.truncate(start);
             return;
@@ -187,6 +190,11 @@ where
     fn outgoing_packet(&mut self, p: Packet) -> Option<Packet> {
         match p {
             Packet::SubAck(mut ack, props) => {
+                if ack.pkid == 0 && self.internal_subacks > 0 {
+                    // For a subscription restored from the store (see `durable`).
+                    self.internal_subacks -= 1;
+                    return None;
+                }
                 if let Some(codes) = self.pending_suback.remove(&ack.pkid) {
                     let mut routed = ack.return_codes.into_iter();
                     ack.return_codes = codes
@@ -277,7 +285,13 @@ where
     /// it and end it later unless the client comes back. After a takeover the session lives on
     /// in the new connection.
     async fn end_or_keep_session(&mut self, why: &SessionError) {
-        if !self.router_persistent || matches!(why, SessionError::TakenOver) {
+        if !self.router_persistent {
+            if let Some(store) = &self.broker.store {
+                store.session_ended(&self.client_id);
+            }
+            return;
+        }
+        if matches!(why, SessionError::TakenOver) {
             if matches!(why, SessionError::TakenOver) && self.router_persistent {
                 self.broker
                     .registry
@@ -292,6 +306,7 @@ where
             } if self.expiry > 0 => *e,
             _ => self.expiry,
         };
+        self.store_disconnected(expiry).await;
         if expiry == 0 {
             super::end_router_session(&self.broker, &self.client_id).await;
             return;
@@ -302,22 +317,11 @@ where
         if expiry == u32::MAX {
             return;
         }
-        let broker = self.broker.clone();
-        let client_id = self.client_id.clone();
-        let cancel = broker.registry.pending_expiry(&client_id);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = broker.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(expiry as u64)) => {}
-            }
-            // Only if nobody took the id meanwhile; a client arriving now waits for us.
-            if let Some(reg) = broker.registry.register_if_idle(&client_id) {
-                super::end_router_session(&broker, &client_id).await;
-                broker.registry.release(&client_id, reg.generation);
-                tracing::debug!(client_id, "session expired");
-            }
-        });
+        super::schedule_expiry(
+            self.broker.clone(),
+            self.client_id.clone(),
+            Duration::from_secs(expiry as u64),
+        );
     }
 
     fn fire_will(&self, (will, props): Will) {

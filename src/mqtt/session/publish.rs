@@ -32,6 +32,7 @@ where
                 Outcome::Route(m) => {
                     let p = route_publish(&m.topic, &m.payload, m.retain, qos_from(m.qos));
                     let mut props = props_to_router(&m.props);
+                    self.capture(&m.topic, &m.payload, m.qos, m.retain, props.as_ref());
                     if m.origin.hop == 0 && m.origin.client_id == self.client_id {
                         self.tag_origin(&mut props, &m.topic);
                     }
@@ -157,6 +158,13 @@ where
         // Fast path: no stage cares. One copy detaches the message from the read buffer.
         let p = route_publish(topic, &publish.payload, publish.retain, qos);
         let mut props = props.map(strip_alias);
+        self.capture(
+            topic,
+            &publish.payload,
+            qos as u8,
+            publish.retain,
+            props.as_ref(),
+        );
         self.tag_origin(&mut props, topic);
         Ok(Admit::Routed(Packet::Publish(p, props), (qos, pkid)))
     }
@@ -190,6 +198,11 @@ where
                     self.qos2_incoming.remove(&pkid);
                 } else {
                     self.qos2_incoming.insert(pkid);
+                    // Durable before PUBREC, so a resend after a restart is still known.
+                    let t = self
+                        .persistent_store()
+                        .map(|s| s.qos2_received(&self.client_id, pkid));
+                    self.hold_ack(t);
                 }
                 let props = self
                     .reason_props(&refused)

@@ -1,0 +1,832 @@
+//! Durable broker state: retained messages, persistent sessions (subscriptions with their
+//! options, expiry), QoS 1/2 messages queued for offline persistent sessions, and incoming
+//! QoS 2 packet ids waiting for PUBREL. One redb file, `<storage.data_dir>/moonwire.redb`.
+//!
+//! The router keeps all of this in memory only. The edge sees every publish before the router
+//! does, so it mirrors what must survive into the store and holds the publisher's ack until
+//! the write is committed (see [`Ticket`]). At startup the store is read back: retained
+//! messages go into the router, sessions become offline sessions owned by the edge, and their
+//! queues are replayed to the client when it resumes (docs/ARCHITECTURE.md, "Durability").
+//!
+//! While a session is offline *and the router also holds it* (the normal case inside one
+//! process), the store's copy of its queue is only insurance against a restart: the router
+//! delivers on resume and the copy is cleared. After a restart the router holds nothing and
+//! the store's queue is what gets delivered.
+
+pub mod record;
+mod writer;
+
+pub use record::{SessionRecord, StoredFilter, StoredMessage};
+pub use writer::Fsync;
+
+use parking_lot::{Mutex, RwLock};
+use record::{RecordError, client_range, decode_message, qos2_key, queue_key, split_key};
+use redb::{Database, ReadableTable, TableHandle};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use writer::{Job, Op, WriterStats};
+
+use crate::pipeline::{filter_matches, now_ms};
+use crate::router::protocol::PublishProperties;
+
+mod tables {
+    use redb::TableDefinition;
+    pub const META: TableDefinition<&str, &str> = TableDefinition::new("moonwire_meta");
+    pub const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+    pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+    pub const QUEUE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queue");
+    pub const QOS2: TableDefinition<&[u8], &[u8]> = TableDefinition::new("qos2_incoming");
+}
+use tables::*;
+
+const FORMAT: &str = "moonwire-store";
+const VERSION: &str = "1";
+const FILE_NAME: &str = "moonwire.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot open the store {path}: {reason} (refusing to start; move the file away to start empty)"
+    )]
+    Open { path: PathBuf, reason: String },
+    #[error("{path} is not a moonwire store ({found}); refusing to use it")]
+    Foreign { path: PathBuf, found: String },
+    #[error("store {path}: corrupt {what}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("store write failed: {0}")]
+    Write(String),
+    #[error("store read failed: {0}")]
+    Read(String),
+    #[error("store writer thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// `[storage]` settings the store uses.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub data_dir: PathBuf,
+    pub fsync: Fsync,
+    pub fsync_interval: Duration,
+    /// Per offline session: queued messages and bytes beyond these are dropped and counted.
+    pub max_queued_messages: u64,
+    pub max_queued_bytes: u64,
+}
+
+/// Completes when the changes it stands for are committed (per the fsync policy).
+#[must_use]
+pub struct Ticket(oneshot::Receiver<Result<(), String>>);
+
+impl Ticket {
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0.await {
+            Ok(r) => r.map_err(StoreError::Write),
+            Err(_) => Err(StoreError::Write("store writer stopped".into())),
+        }
+    }
+}
+
+/// Queue accounting of one session, shared between the session table and the offline index.
+#[derive(Default)]
+pub struct QueueStats {
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+    pub overflow: AtomicU64,
+}
+
+struct SessionState {
+    record: SessionRecord,
+    stats: Arc<QueueStats>,
+    /// Offline and not held by the router (restored at startup): the store's queue is the
+    /// only copy and is delivered on resume.
+    store_only: bool,
+}
+
+/// Offline persistent sessions by filter, read on every QoS 1/2 publish while any exist.
+#[derive(Default)]
+struct OfflineIndex {
+    exact: HashMap<String, Vec<Target>>,
+    wild: Vec<(String, Target)>,
+}
+
+#[derive(Clone)]
+struct Target {
+    client: Arc<str>,
+    qos: u8,
+    stats: Arc<QueueStats>,
+}
+
+impl OfflineIndex {
+    fn add(&mut self, client: &Arc<str>, filters: &[StoredFilter], stats: &Arc<QueueStats>) {
+        for f in filters {
+            // Shared subscriptions deliver to one member of the group; an offline member
+            // gets nothing queued (the others receive).
+            if f.path.starts_with("$share/") {
+                continue;
+            }
+            let t = Target {
+                client: client.clone(),
+                qos: f.qos,
+                stats: stats.clone(),
+            };
+            if f.path.contains(['+', '#']) {
+                self.wild.push((f.path.clone(), t));
+            } else {
+                self.exact.entry(f.path.clone()).or_default().push(t);
+            }
+        }
+    }
+
+    fn remove(&mut self, client: &str) {
+        self.exact.retain(|_, v| {
+            v.retain(|t| &*t.client != client);
+            !v.is_empty()
+        });
+        self.wild.retain(|(_, t)| &*t.client != client);
+    }
+
+    fn len(&self) -> usize {
+        self.exact.len() + self.wild.len()
+    }
+
+    /// Each matching session once, with the highest QoS of its matching filters.
+    fn matches(&self, topic: &str) -> Vec<Target> {
+        let mut out: Vec<Target> = Vec::new();
+        let mut push = |t: &Target| match out.iter_mut().find(|o| o.client == t.client) {
+            Some(o) => o.qos = o.qos.max(t.qos),
+            None => out.push(t.clone()),
+        };
+        if let Some(v) = self.exact.get(topic) {
+            v.iter().for_each(&mut push);
+        }
+        for (f, t) in &self.wild {
+            if filter_matches(f, topic) {
+                push(t);
+            }
+        }
+        out
+    }
+}
+
+/// What the store had at startup.
+pub struct Restored {
+    pub retained: Vec<StoredMessage>,
+    /// Offline sessions: client id, filters, seconds until they expire (`None`: never).
+    pub sessions: Vec<(String, Vec<StoredFilter>, Option<Duration>)>,
+    pub queued: u64,
+}
+
+/// What a connecting client resumes.
+#[derive(Default)]
+pub struct Resume {
+    /// The store held the session and the router does not: the session is present even
+    /// though the router says otherwise, and its filters must be subscribed again.
+    pub restored: Option<Vec<StoredFilter>>,
+    /// Queued messages to deliver first, oldest first: key and message.
+    pub replay: Vec<(Vec<u8>, StoredMessage)>,
+    /// Incoming QoS 2 packet ids that were waiting for PUBREL.
+    pub qos2: Vec<u16>,
+}
+
+pub struct Store {
+    path: PathBuf,
+    db: Arc<Database>,
+    tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    settings: StoreSettings,
+    sessions: Mutex<HashMap<String, SessionState>>,
+    offline: RwLock<OfflineIndex>,
+    /// Entries in `offline`, read on every publish without the lock.
+    offline_filters: AtomicUsize,
+    next_seq: AtomicU64,
+    retained: AtomicU64,
+    stats: Arc<WriterStats>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store, reads what it holds, and starts the writer thread.
+    pub fn open(settings: StoreSettings) -> Result<(Arc<Store>, Restored), StoreError> {
+        let dir = &settings.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let db = if existed {
+            Database::open(&path).map_err(|e| open_err(&e))?
+        } else {
+            Database::create(&path).map_err(|e| open_err(&e))?
+        };
+        let db = Arc::new(db);
+        check_format(&db, &path, existed)?;
+        let (restored, sessions, next_seq) = load(&db, &path)?;
+        let retained = restored.retained.len() as u64;
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stats = Arc::new(WriterStats {
+            commits: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        });
+        let writer = {
+            let (db, stats) = (db.clone(), stats.clone());
+            let (fsync, interval) = (settings.fsync, settings.fsync_interval);
+            std::thread::Builder::new()
+                .name("moonwire-store".into())
+                .spawn(move || writer::run(db, rx, fsync, interval, stats))
+                .map_err(StoreError::Spawn)?
+        };
+        let mut index = OfflineIndex::default();
+        for (client, s) in &sessions {
+            index.add(&Arc::from(client.as_str()), &s.record.filters, &s.stats);
+        }
+        let store = Arc::new(Store {
+            path,
+            db,
+            tx: Mutex::new(Some(tx)),
+            settings,
+            offline_filters: AtomicUsize::new(index.len()),
+            offline: RwLock::new(index),
+            sessions: Mutex::new(sessions),
+            next_seq: AtomicU64::new(next_seq),
+            retained: AtomicU64::new(retained),
+            stats,
+            writer: Mutex::new(Some(writer)),
+        });
+        Ok((store, restored))
+    }
+
+    fn submit(&self, ops: Vec<Op>) -> Ticket {
+        let (done, rx) = oneshot::channel();
+        if let Some(tx) = self.tx.lock().as_ref() {
+            let _ = tx.send(Job {
+                ops,
+                done: Some(done),
+            });
+        }
+        Ticket(rx)
+    }
+
+    /// Records what a routed publish means for the store: a retained message set or
+    /// cleared, and a copy queued for each offline persistent session it matches at QoS ≥ 1.
+    /// `None` when nothing needed writing (the common case: no cost beyond two loads).
+    pub fn capture(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+        props: Option<&PublishProperties>,
+    ) -> Option<Ticket> {
+        let queue = qos > 0 && self.offline_filters.load(Relaxed) > 0;
+        if !retain && !queue {
+            return None;
+        }
+        let props = props.map(|p| {
+            let mut p = p.clone();
+            p.topic_alias = None;
+            p.subscription_identifiers.clear();
+            p.user_properties
+                .retain(|(k, _)| k != crate::mqtt::ORIGIN_KEY);
+            p
+        });
+        let now = now_ms();
+        let mut ops = Vec::new();
+        let frame = match record::encode_frame(topic, payload, retain, props) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "cannot encode a message for the store");
+                return None;
+            }
+        };
+        if retain {
+            if payload.is_empty() {
+                ops.push(Op::DelRetained(topic.to_string()));
+            } else {
+                ops.push(Op::PutRetained(
+                    topic.to_string(),
+                    record::message_record(qos, now, &frame),
+                ));
+            }
+        }
+        if !queue {
+            return Some(self.submit(ops));
+        }
+        // Submitted under the index lock, so a session coming online (which takes the write
+        // lock, then clears its queue through the same writer) never misses or keeps a copy.
+        let index = self.offline.read();
+        let targets = index.matches(topic);
+        if !targets.is_empty() {
+            let frame: Arc<[u8]> = frame.into();
+            let size = frame.len() as u64;
+            for t in targets {
+                let q = qos.min(t.qos);
+                if q == 0 {
+                    continue;
+                }
+                let s = &t.stats;
+                if s.messages.load(Relaxed) >= self.settings.max_queued_messages
+                    || s.bytes.load(Relaxed) + size > self.settings.max_queued_bytes
+                {
+                    s.overflow.fetch_add(1, Relaxed);
+                    continue;
+                }
+                s.messages.fetch_add(1, Relaxed);
+                s.bytes.fetch_add(size, Relaxed);
+                let seq = self.next_seq.fetch_add(1, Relaxed);
+                ops.push(Op::Enqueue(
+                    queue_key(&t.client, seq),
+                    q,
+                    now,
+                    frame.clone(),
+                ));
+            }
+        }
+        if ops.is_empty() {
+            return None;
+        }
+        Some(self.submit(ops))
+    }
+
+    /// A client connected. `persistent`: its session outlives the connection. Clean start
+    /// discards what the store held. Returns what the connection resumes.
+    pub async fn session_connected(
+        &self,
+        client: &str,
+        persistent: bool,
+        clean: bool,
+        expiry: u32,
+    ) -> Result<Resume, StoreError> {
+        let (ticket, resumed, store_only, filters) = {
+            let mut index = self.offline.write();
+            index.remove(client);
+            self.offline_filters.store(index.len(), Relaxed);
+            let mut sessions = self.sessions.lock();
+            let prev = sessions.remove(client);
+            let resumed = !clean && prev.is_some();
+            let mut ops = Vec::new();
+            let (store_only, filters, stats) = match prev {
+                Some(p) if resumed => (p.store_only, p.record.filters, p.stats),
+                Some(_) => {
+                    ops.push(Op::DelSession(client.to_string()));
+                    (false, vec![], Arc::default())
+                }
+                None => (false, vec![], Arc::default()),
+            };
+            if resumed && !store_only {
+                // The router holds the session and delivers what it queued itself.
+                ops.push(Op::ClearQueue(client.to_string()));
+                stats.messages.store(0, Relaxed);
+                stats.bytes.store(0, Relaxed);
+            }
+            if persistent || resumed {
+                let record = SessionRecord {
+                    expiry,
+                    disconnected_at_ms: None,
+                    filters: filters.clone(),
+                };
+                ops.push(session_op(client, &record));
+                sessions.insert(
+                    client.to_string(),
+                    SessionState {
+                        record,
+                        stats,
+                        store_only: false,
+                    },
+                );
+            }
+            // Sent while holding the index lock: ordered after every capture that saw this
+            // session offline.
+            (self.submit(ops), resumed, store_only, filters)
+        };
+        ticket.wait().await?;
+        let mut resume = Resume::default();
+        if resumed {
+            resume.qos2 = self.read_qos2(client)?;
+        }
+        if resumed && store_only {
+            resume.replay = self.read_queue(client)?;
+            resume.restored = Some(filters);
+        }
+        Ok(resume)
+    }
+
+    /// Subscriptions of a persistent session changed; the new set is stored.
+    pub fn set_filters(&self, client: &str, add: &[StoredFilter], remove: &[String]) -> Ticket {
+        let mut sessions = self.sessions.lock();
+        let Some(s) = sessions.get_mut(client) else {
+            return self.submit(vec![]);
+        };
+        let f = &mut s.record.filters;
+        f.retain(|x| !remove.contains(&x.path) && !add.iter().any(|a| a.path == x.path));
+        f.extend(add.iter().cloned());
+        let op = session_op(client, &s.record);
+        drop(sessions);
+        self.submit(vec![op])
+    }
+
+    /// A persistent session's client went away. `expiry` 0 ends the session. `store_only`:
+    /// the router no longer holds it (the edge ended it), so the store's queue is delivered.
+    pub fn session_disconnected(&self, client: &str, expiry: u32, store_only: bool) {
+        if expiry == 0 {
+            self.session_ended(client);
+            return;
+        }
+        let mut index = self.offline.write();
+        let mut sessions = self.sessions.lock();
+        let Some(s) = sessions.get_mut(client) else {
+            return;
+        };
+        s.record.expiry = expiry;
+        s.record.disconnected_at_ms = Some(now_ms());
+        s.store_only = store_only;
+        index.add(&Arc::from(client), &s.record.filters, &s.stats);
+        self.offline_filters.store(index.len(), Relaxed);
+        let op = session_op(client, &s.record);
+        drop(sessions);
+        drop(self.submit(vec![op]));
+    }
+
+    /// The session ended (expired, or expiry 0): forget it and its queue.
+    pub fn session_ended(&self, client: &str) {
+        let mut index = self.offline.write();
+        index.remove(client);
+        self.offline_filters.store(index.len(), Relaxed);
+        if self.sessions.lock().remove(client).is_some() {
+            drop(self.submit(vec![Op::DelSession(client.to_string())]));
+        }
+    }
+
+    /// An incoming QoS 2 publish was accepted and waits for PUBREL.
+    pub fn qos2_received(&self, client: &str, pkid: u16) -> Ticket {
+        self.submit(vec![Op::PutQos2(qos2_key(client, pkid))])
+    }
+
+    pub fn qos2_released(&self, client: &str, pkid: u16) -> Ticket {
+        self.submit(vec![Op::DelQos2(qos2_key(client, pkid))])
+    }
+
+    /// A replayed message was acknowledged by the client.
+    pub fn replay_acked(&self, client: &str, key: Vec<u8>, size: u64) {
+        if let Some(s) = self.sessions.lock().get(client) {
+            let _ = s
+                .stats
+                .messages
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+            let _ = s
+                .stats
+                .bytes
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(size)));
+        }
+        drop(self.submit(vec![Op::Dequeue(key)]));
+    }
+
+    /// Waits until everything submitted so far is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.submit(vec![]).wait().await
+    }
+
+    /// Stops the writer after it committed (and fsynced) everything submitted.
+    pub fn close(&self) {
+        self.tx.lock().take();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Persistent sessions with their queue counters, for `/api/sessions`.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let sessions = self.sessions.lock();
+        let mut out: Vec<SessionInfo> = sessions
+            .iter()
+            .map(|(c, s)| SessionInfo {
+                client_id: c.clone(),
+                online: s.record.disconnected_at_ms.is_none(),
+                expiry: s.record.expiry,
+                filters: s.record.filters.iter().map(|f| f.path.clone()).collect(),
+                queued_messages: s.stats.messages.load(Relaxed),
+                queued_bytes: s.stats.bytes.load(Relaxed),
+                overflow: s.stats.overflow.load(Relaxed),
+            })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
+
+    /// Prometheus text for the store.
+    pub fn render_metrics(&self) -> String {
+        let (n, queued, overflow) = {
+            let s = self.sessions.lock();
+            let q = s
+                .values()
+                .map(|x| x.stats.messages.load(Relaxed))
+                .sum::<u64>();
+            let o = s
+                .values()
+                .map(|x| x.stats.overflow.load(Relaxed))
+                .sum::<u64>();
+            (s.len(), q, o)
+        };
+        let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        };
+        metric(
+            "moonwire_store_bytes",
+            "gauge",
+            "Size of the store file.",
+            size,
+        );
+        metric(
+            "moonwire_store_retained",
+            "gauge",
+            "Retained messages at startup (the router counts them after).",
+            self.retained.load(Relaxed),
+        );
+        metric(
+            "moonwire_store_sessions",
+            "gauge",
+            "Persistent sessions.",
+            n as u64,
+        );
+        metric(
+            "moonwire_store_queued_messages",
+            "gauge",
+            "Messages queued in the store for offline sessions.",
+            queued,
+        );
+        metric(
+            "moonwire_store_queue_overflow_total",
+            "counter",
+            "Messages not queued because a session's queue was full.",
+            overflow,
+        );
+        metric(
+            "moonwire_store_commits_total",
+            "counter",
+            "Store write transactions.",
+            self.stats.commits.load(Relaxed),
+        );
+        metric(
+            "moonwire_store_fsyncs_total",
+            "counter",
+            "Store commits that were fsynced.",
+            self.stats.fsyncs.load(Relaxed),
+        );
+        metric(
+            "moonwire_store_errors_total",
+            "counter",
+            "Failed store commits.",
+            self.stats.errors.load(Relaxed),
+        );
+        out
+    }
+
+    fn read_queue(&self, client: &str) -> Result<Vec<(Vec<u8>, StoredMessage)>, StoreError> {
+        let read = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| read(&e))?;
+        let table = tx.open_table(QUEUE).map_err(|e| read(&e))?;
+        let (lo, hi) = client_range(client);
+        let mut out = Vec::new();
+        let now = now_ms();
+        for entry in table
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(|e| read(&e))?
+        {
+            let (k, v) = entry.map_err(|e| read(&e))?;
+            match decode_message(v.value()) {
+                Ok(mut m) => {
+                    if m.age(now) {
+                        out.push((k.value().to_vec(), m));
+                    }
+                }
+                Err(e) => tracing::warn!(client, error = %e, "skipping a corrupt queued message"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_qos2(&self, client: &str) -> Result<Vec<u16>, StoreError> {
+        let read = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| read(&e))?;
+        let table = tx.open_table(QOS2).map_err(|e| read(&e))?;
+        let (lo, hi) = client_range(client);
+        let mut out = Vec::new();
+        for entry in table
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(|e| read(&e))?
+        {
+            let (k, _) = entry.map_err(|e| read(&e))?;
+            if let Ok((_, &[a, b])) = split_key(k.value()) {
+                out.push(u16::from_be_bytes([a, b]));
+            }
+        }
+        Ok(out)
+    }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        Ok(&self.db)
+    }
+}
+
+/// One persistent session, as `/api/sessions` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub client_id: String,
+    pub online: bool,
+    pub expiry: u32,
+    pub filters: Vec<String>,
+    pub queued_messages: u64,
+    pub queued_bytes: u64,
+    pub overflow: u64,
+}
+
+fn session_op(client: &str, record: &SessionRecord) -> Op {
+    // Serialising plain data into a Vec cannot fail.
+    let bytes = serde_json::to_vec(record).unwrap_or_default();
+    Op::PutSession(client.to_string(), bytes)
+}
+
+/// Refuses a file that is not ours (another program's redb file, an older format), and marks
+/// a new one as ours.
+fn check_format(db: &Database, path: &Path, existed: bool) -> Result<(), StoreError> {
+    let open = |e: &dyn std::fmt::Display| StoreError::Open {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let found = {
+        let tx = db.begin_read().map_err(|e| open(&e))?;
+        match tx.open_table(META) {
+            Ok(t) => {
+                let format = t
+                    .get("format")
+                    .map_err(|e| open(&e))?
+                    .map(|v| v.value().to_string());
+                let version = t
+                    .get("version")
+                    .map_err(|e| open(&e))?
+                    .map(|v| v.value().to_string());
+                Some((format, version))
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(open(&e)),
+        }
+    };
+    match found {
+        Some((Some(f), Some(v))) if f == FORMAT && v == VERSION => Ok(()),
+        Some((f, v)) => Err(StoreError::Foreign {
+            path: path.to_owned(),
+            found: format!("format {f:?}, version {v:?}; this broker reads {FORMAT} {VERSION}"),
+        }),
+        None if existed => {
+            let tx = db.begin_read().map_err(|e| open(&e))?;
+            let tables: Vec<String> = tx
+                .list_tables()
+                .map_err(|e| open(&e))?
+                .map(|t| t.name().to_string())
+                .collect();
+            Err(StoreError::Foreign {
+                path: path.to_owned(),
+                found: format!("a redb file without moonwire's marker, tables {tables:?}"),
+            })
+        }
+        None => {
+            let tx = db.begin_write().map_err(|e| open(&e))?;
+            {
+                let mut t = tx.open_table(META).map_err(|e| open(&e))?;
+                t.insert("format", FORMAT).map_err(|e| open(&e))?;
+                t.insert("version", VERSION).map_err(|e| open(&e))?;
+                tx.open_table(RETAINED).map_err(|e| open(&e))?;
+                tx.open_table(SESSIONS).map_err(|e| open(&e))?;
+                tx.open_table(QUEUE).map_err(|e| open(&e))?;
+                tx.open_table(QOS2).map_err(|e| open(&e))?;
+            }
+            tx.commit().map_err(|e| open(&e))?;
+            Ok(())
+        }
+    }
+}
+
+type Loaded = (Restored, HashMap<String, SessionState>, u64);
+
+/// Reads everything back, dropping expired sessions and messages (durably, before serving).
+fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
+    let read = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
+    let corrupt = |what: &'static str, e: &dyn std::fmt::Display| StoreError::Corrupt {
+        path: path.to_owned(),
+        what,
+        reason: e.to_string(),
+    };
+    let now = now_ms();
+    let mut restored = Restored {
+        retained: vec![],
+        sessions: vec![],
+        queued: 0,
+    };
+    let mut sessions: HashMap<String, SessionState> = HashMap::new();
+    let mut expired_retained = vec![];
+    let mut ended = vec![];
+    let mut next_seq = 0u64;
+    {
+        let tx = db.begin_read().map_err(|e| read(&e))?;
+        let t = tx.open_table(RETAINED).map_err(|e| read(&e))?;
+        for entry in t.iter().map_err(|e| read(&e))? {
+            let (k, v) = entry.map_err(|e| read(&e))?;
+            let mut m = decode_message(v.value()).map_err(|e| corrupt("retained message", &e))?;
+            if m.age(now) {
+                restored.retained.push(m);
+            } else {
+                expired_retained.push(k.value().to_string());
+            }
+        }
+        let t = tx.open_table(SESSIONS).map_err(|e| read(&e))?;
+        for entry in t.iter().map_err(|e| read(&e))? {
+            let (k, v) = entry.map_err(|e| read(&e))?;
+            let client = k.value().to_string();
+            let mut record: SessionRecord = serde_json::from_slice(v.value())
+                .map_err(|e| corrupt("session", &RecordError::Session(e)))?;
+            // A session that was connected when the broker stopped went offline then.
+            if record.disconnected_at_ms.is_none() {
+                record.disconnected_at_ms = Some(now);
+            }
+            match record.expires_at_ms() {
+                Some(at) if at <= now || record.expiry == 0 => {
+                    ended.push(client);
+                    continue;
+                }
+                at => restored.sessions.push((
+                    client.clone(),
+                    record.filters.clone(),
+                    at.map(|at| Duration::from_millis(at - now)),
+                )),
+            }
+            sessions.insert(
+                client,
+                SessionState {
+                    record,
+                    stats: Arc::default(),
+                    store_only: true,
+                },
+            );
+        }
+        let t = tx.open_table(QUEUE).map_err(|e| read(&e))?;
+        for entry in t.iter().map_err(|e| read(&e))? {
+            let (k, v) = entry.map_err(|e| read(&e))?;
+            let (client, tail) = split_key(k.value()).map_err(|e| corrupt("queue key", &e))?;
+            let seq = <[u8; 8]>::try_from(tail)
+                .map(u64::from_be_bytes)
+                .map_err(|_| corrupt("queue key", &RecordError::Key))?;
+            next_seq = next_seq.max(seq + 1);
+            if let Some(s) = sessions.get(client) {
+                s.stats.messages.fetch_add(1, Relaxed);
+                s.stats.bytes.fetch_add(v.value().len() as u64, Relaxed);
+                restored.queued += 1;
+            }
+        }
+    }
+    if !expired_retained.is_empty() || !ended.is_empty() {
+        let tx = db.begin_write().map_err(|e| read(&e))?;
+        {
+            let mut r = tx.open_table(RETAINED).map_err(|e| read(&e))?;
+            for t in &expired_retained {
+                r.remove(t.as_str()).map_err(|e| read(&e))?;
+            }
+            let mut s = tx.open_table(SESSIONS).map_err(|e| read(&e))?;
+            let mut q = tx.open_table(QUEUE).map_err(|e| read(&e))?;
+            let mut q2 = tx.open_table(QOS2).map_err(|e| read(&e))?;
+            for c in &ended {
+                s.remove(c.as_str()).map_err(|e| read(&e))?;
+                let (lo, hi) = client_range(c);
+                q.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
+                    .map_err(|e| read(&e))?;
+                q2.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
+                    .map_err(|e| read(&e))?;
+            }
+        }
+        tx.commit().map_err(|e| read(&e))?;
+    }
+    Ok((restored, sessions, next_seq))
+}

@@ -1,0 +1,172 @@
+//! The single writer thread: every change to the store goes through it, so many concurrent
+//! changes become one redb write transaction (group commit) and the fsync policy is applied
+//! in one place.
+
+use super::record::client_range;
+use super::tables::{QOS2, QUEUE, RETAINED, SESSIONS};
+use redb::{Database, Durability};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How commits reach the disk; `storage.fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// Every commit is fsynced before anything it holds is acknowledged.
+    Always,
+    /// Commits reach the OS before the ack (a crash of the broker loses nothing); an fsync
+    /// follows within `storage.fsync_interval` (a crash of the machine loses at most that).
+    Batch,
+    /// Commits reach the OS before the ack; the OS decides when they reach the disk.
+    Never,
+}
+
+/// One change.
+pub enum Op {
+    PutRetained(String, Vec<u8>),
+    DelRetained(String),
+    PutSession(String, Vec<u8>),
+    /// Removes the session with its queue and QoS 2 state.
+    DelSession(String),
+    /// `key`, QoS byte, shared frame.
+    Enqueue(Vec<u8>, u8, u64, Arc<[u8]>),
+    Dequeue(Vec<u8>),
+    ClearQueue(String),
+    PutQos2(Vec<u8>),
+    DelQos2(Vec<u8>),
+}
+
+/// A group of changes and who waits for them.
+pub struct Job {
+    pub ops: Vec<Op>,
+    pub done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Jobs applied in one transaction at most; bounds the latency of the first waiter.
+const MAX_GROUP: usize = 2048;
+
+pub struct WriterStats {
+    pub commits: std::sync::atomic::AtomicU64,
+    pub fsyncs: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+}
+
+pub fn run(
+    db: Arc<Database>,
+    rx: Receiver<Job>,
+    fsync: Fsync,
+    interval: Duration,
+    stats: Arc<WriterStats>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut last_sync = Instant::now();
+    let mut dirty = false;
+    let mut jobs: Vec<Job> = Vec::new();
+    loop {
+        let wait = if dirty && fsync == Fsync::Batch {
+            interval.saturating_sub(last_sync.elapsed())
+        } else {
+            Duration::from_secs(3600)
+        };
+        match rx.recv_timeout(wait) {
+            Ok(job) => jobs.push(job),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if dirty {
+                    let _ = commit(&db, &[], Durability::Immediate);
+                }
+                return;
+            }
+        }
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let sync_due = fsync == Fsync::Batch && dirty && last_sync.elapsed() >= interval;
+        if jobs.is_empty() && !sync_due {
+            continue;
+        }
+        let durability = match fsync {
+            Fsync::Always => Durability::Immediate,
+            Fsync::Batch if sync_due || last_sync.elapsed() >= interval => Durability::Immediate,
+            _ => Durability::Eventual,
+        };
+        let result = commit(&db, &jobs, durability).map_err(|e| e.to_string());
+        stats.commits.fetch_add(1, Relaxed);
+        if let Err(e) = &result {
+            stats.errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, "store commit failed; the affected publishes are not acknowledged");
+        }
+        if matches!(durability, Durability::Immediate) {
+            stats.fsyncs.fetch_add(1, Relaxed);
+            last_sync = Instant::now();
+            dirty = false;
+        } else {
+            dirty = true;
+        }
+        for job in jobs.drain(..) {
+            if let Some(done) = job.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+fn commit(db: &Database, jobs: &[Job], durability: Durability) -> Result<(), Box<redb::Error>> {
+    apply(db, jobs, durability).map_err(Box::new)
+}
+
+// `?` on redb's many error types needs its big umbrella error; it is boxed right away above.
+#[allow(clippy::result_large_err)]
+fn apply(db: &Database, jobs: &[Job], durability: Durability) -> Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(durability);
+    {
+        let mut retained = tx.open_table(RETAINED)?;
+        let mut sessions = tx.open_table(SESSIONS)?;
+        let mut queue = tx.open_table(QUEUE)?;
+        let mut qos2 = tx.open_table(QOS2)?;
+        for op in jobs.iter().flat_map(|j| j.ops.iter()) {
+            match op {
+                Op::PutRetained(t, v) => {
+                    retained.insert(t.as_str(), v.as_slice())?;
+                }
+                Op::DelRetained(t) => {
+                    retained.remove(t.as_str())?;
+                }
+                Op::PutSession(c, v) => {
+                    sessions.insert(c.as_str(), v.as_slice())?;
+                }
+                Op::DelSession(c) => {
+                    sessions.remove(c.as_str())?;
+                    let (lo, hi) = client_range(c);
+                    queue.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+                    qos2.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+                }
+                Op::Enqueue(k, qos, at, frame) => {
+                    let rec = super::record::message_record(*qos, *at, frame);
+                    queue.insert(k.as_slice(), rec.as_slice())?;
+                }
+                Op::Dequeue(k) => {
+                    queue.remove(k.as_slice())?;
+                }
+                Op::ClearQueue(c) => {
+                    let (lo, hi) = client_range(c);
+                    queue.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+                }
+                Op::PutQos2(k) => {
+                    qos2.insert(k.as_slice(), &[][..])?;
+                }
+                Op::DelQos2(k) => {
+                    qos2.remove(k.as_slice())?;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
