@@ -6,15 +6,17 @@
 //! `-- --only NAME` to run scenarios whose name contains NAME, `-- --broker NAME` for one broker).
 //! Results go to stdout as a Markdown table; BENCHMARKS.md records them.
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+#[path = "support/raw.rs"]
+mod raw;
+use raw::{Client, parse, publish_packet};
 
 static BASE: OnceLock<Instant> = OnceLock::new();
 
@@ -254,119 +256,6 @@ dynamic_filters = true
 }
 
 // ---------------- raw MQTT 3.1.1 load clients ----------------
-
-fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn connect_packet(id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
-    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    let mut out = vec![0x10];
-    remaining_length(body.len(), &mut out);
-    out.extend(body);
-    out
-}
-
-fn publish_packet(out: &mut Vec<u8>, topic: &str, payload: &[u8], qos: u8, pkid: u16) {
-    let len = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload.len();
-    out.push(0x30 | (qos << 1));
-    remaining_length(len, out);
-    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    out.extend_from_slice(topic.as_bytes());
-    if qos > 0 {
-        out.extend_from_slice(&pkid.to_be_bytes());
-    }
-    out.extend_from_slice(payload);
-}
-
-struct Client {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
-    buf: BytesMut,
-}
-
-/// One parsed packet: (first byte, body).
-fn parse(buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let (mut len, mut i) = (0usize, 1usize);
-    loop {
-        let b = *buf.get(i)?;
-        len |= ((b & 0x7F) as usize) << (7 * (i - 1));
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    if buf.len() < i + len {
-        return None;
-    }
-    let first = buf[0];
-    buf.advance(i);
-    Some((first, buf.split_to(len)))
-}
-
-impl Client {
-    async fn connect(port: u16, id: &str) -> std::io::Result<Client> {
-        let s = TcpStream::connect(("127.0.0.1", port)).await?;
-        s.set_nodelay(true)?;
-        let (rd, mut wr) = s.into_split();
-        wr.write_all(&connect_packet(id)).await?;
-        let mut c = Client {
-            rd,
-            wr,
-            buf: BytesMut::with_capacity(64 * 1024),
-        };
-        let (first, body) = c.read_packet().await?;
-        if first != 0x20 || body.get(1) != Some(&0) {
-            return Err(std::io::Error::other(format!(
-                "CONNACK refused: {first:#x} {body:?}"
-            )));
-        }
-        Ok(c)
-    }
-
-    async fn read_packet(&mut self) -> std::io::Result<(u8, BytesMut)> {
-        loop {
-            if let Some(p) = parse(&mut self.buf) {
-                return Ok(p);
-            }
-            if self.rd.read_buf(&mut self.buf).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: u8) {
-        let mut body = vec![0, 1];
-        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
-        body.extend_from_slice(filter.as_bytes());
-        body.push(qos);
-        let mut out = vec![0x82];
-        remaining_length(body.len(), &mut out);
-        out.extend(body);
-        self.wr.write_all(&out).await.unwrap();
-        loop {
-            let (first, _) = self.read_packet().await.unwrap();
-            if first == 0x90 {
-                return;
-            }
-        }
-    }
-}
 
 /// Receives until `expected` publishes arrived or the stream went idle. Returns
 /// (count, time of last message, latencies in ns when payloads carry timestamps).

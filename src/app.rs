@@ -231,9 +231,23 @@ impl App {
             no_local: Default::default(),
             no_local_filters: AtomicUsize::new(0),
             store,
+            retained: Default::default(),
         });
         if let Some(restored) = restored {
-            restore(&broker, restored).await;
+            restore(&broker, restored);
+        }
+        {
+            // Expired retained messages are never delivered; this frees their memory.
+            let broker = broker.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => broker.retained.purge_expired(crate::pipeline::now_ms()),
+                        _ = broker.shutdown.cancelled() => break,
+                    }
+                }
+            });
         }
         if let Some(m) = media {
             // Partial frames idle past the timeout are dropped and reported.
@@ -373,29 +387,17 @@ impl App {
     }
 }
 
-/// Puts what the store held back before any client connects: retained messages into the
-/// router, persistent sessions into the registry (offline, with their expiry timers).
-async fn restore(broker: &Arc<Broker>, restored: crate::store::Restored) {
+/// Puts what the store held back before any client connects: retained messages, persistent
+/// sessions into the registry (offline, with their expiry timers).
+fn restore(broker: &Arc<Broker>, restored: crate::store::Restored) {
     let started = std::time::Instant::now();
     let (retained, sessions) = (restored.retained.len(), restored.sessions.len());
+    // Loading already lowered each message expiry interval by the time spent in the store.
+    let now = crate::pipeline::now_ms();
     for m in restored.retained {
-        let msg = crate::pipeline::Message {
-            topic: m.topic(),
-            payload: m.publish.payload.clone(),
-            qos: m.qos,
-            retain: true,
-            props: m
-                .props
-                .map(crate::mqtt::session::props_from_router)
-                .unwrap_or_default(),
-            origin: crate::pipeline::Origin {
-                client_id: crate::mqtt::INTERNAL_CLIENT_ID.to_string(),
-                username: None,
-                hop: 0,
-            },
-            received_at: m.stored_at_ms,
-        };
-        broker.internal.send(msg).await;
+        let topic = m.topic();
+        let payload = &m.publish.payload;
+        broker.retained.set(&topic, payload, m.qos, m.props, now);
     }
     for (client, filters, expires_in) in restored.sessions {
         let paths = filters.into_iter().map(|f| f.path).collect();

@@ -336,3 +336,118 @@ async fn no_local_subscriptions_skip_own_messages() {
     // After unsubscribing, no origin is attached any more (nothing to skip).
     b.stop().await;
 }
+
+/// [MQTT-3.3.1-6] [MQTT-3.3.1-8] every retained message matching a new subscription is sent,
+/// with the retain flag, however many there are (rumqttd's router stops at its in-flight
+/// window of 100–200); [MQTT-3.8.4-8]-style downgrade: at min(published, granted) QoS;
+/// [MQTT-3.3.1-10] [MQTT-3.3.1-11] an empty retained payload clears without being stored;
+/// [MQTT-3.3.4-3] the subscription identifier is on retained deliveries too; live copies of
+/// retained publishes reach existing subscribers with the flag cleared [MQTT-3.3.1-9].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_matching_retained_message_is_delivered() {
+    let b = TestBroker::start().await;
+    let (mut live, _) = v5::connect(v5::options(b.port(), "live")).await;
+    live.subscribe("ha/#", v5::QoS::AtMostOnce).await;
+    let (p, _) = v5::connect(v5::options(b.port(), "p")).await;
+    const N: usize = 600;
+    for i in 0..N {
+        let qos = if i.is_multiple_of(2) {
+            v5::QoS::AtLeastOnce
+        } else {
+            v5::QoS::AtMostOnce
+        };
+        p.client
+            .publish(format!("ha/dev{i:03}/config"), qos, true, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    p.client
+        .publish("ha/dev000/config", v5::QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
+    // Live copies carry no retain flag.
+    let first = live.next_publish().await.unwrap();
+    assert!(!first.retain, "live delivery of a retained publish");
+    // Wait until the clear went through (it is the last publish).
+    let mut seen = 1;
+    while seen < N + 1 {
+        live.next_publish().await.expect("live copies");
+        seen += 1;
+    }
+    let (mut s, _) = v5::connect(v5::options(b.port(), "s")).await;
+    let props = SubscribeProperties {
+        id: Some(9),
+        user_properties: vec![],
+    };
+    s.client
+        .subscribe_with_properties("ha/+/config", v5::QoS::AtLeastOnce, props)
+        .await
+        .unwrap();
+    let mut got = std::collections::HashMap::new();
+    while got.len() < N - 1 {
+        let p = s.next_publish().await.expect("all retained messages");
+        assert!(p.retain, "retained delivery has the flag");
+        let i: usize = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+        let want = if i.is_multiple_of(2) {
+            v5::QoS::AtLeastOnce
+        } else {
+            v5::QoS::AtMostOnce
+        };
+        assert_eq!(p.qos, want, "message {i} at min(published, granted)");
+        let ids = p.properties.map(|p| p.subscription_identifiers);
+        assert_eq!(ids, Some(vec![9]), "subscription identifier on {i}");
+        assert!(got.insert(i, ()).is_none(), "{i} delivered twice");
+    }
+    assert!(!got.contains_key(&0), "the cleared topic is not retained");
+    assert!(
+        s.next_publish_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing beyond the {} retained messages",
+        N - 1
+    );
+}
+
+/// [MQTT-3.3.1-9] Retain Handling 0 sends retained messages on every subscribe,
+/// [MQTT-3.3.1-10] 1 only when the subscription is new, [MQTT-3.3.1-11] 2 never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_handling_options() {
+    let b = TestBroker::start().await;
+    let (p, _) = v5::connect(v5::options(b.port(), "p")).await;
+    p.client
+        .publish("rh/t", v5::QoS::AtLeastOnce, true, "kept")
+        .await
+        .unwrap();
+    let (mut s, _) = v5::connect(v5::options(b.port(), "s")).await;
+    // Make sure the retained publish landed before subscribing.
+    s.subscribe("rh/t", v5::QoS::AtMostOnce).await;
+    assert!(s.next_publish().await.is_some_and(|m| m.retain));
+    let sub = |rh: u8, pkid: u16| {
+        let mut body = pkid.to_be_bytes().to_vec();
+        body.push(0); // no properties
+        body.extend_from_slice(&4u16.to_be_bytes());
+        body.extend_from_slice(b"rh/t");
+        body.push(rh << 4);
+        raw::packet(0x82, &body)
+    };
+    let (mut c, _) = v5_conn(&b, "rh").await;
+    // (retain handling, expect a retained message): 1 on a new subscription sends, 1 again
+    // (existing) does not, 0 on the existing one sends, 2 never sends.
+    for (i, (rh, expect)) in [(1u8, true), (1, false), (0, true), (2, false)]
+        .into_iter()
+        .enumerate()
+    {
+        c.send(&sub(rh, i as u16 + 1)).await;
+        let (first, _) = c.read(WAIT).await.expect("SUBACK");
+        assert_eq!(first, 0x90, "SUBACK for retain handling {rh}");
+        let next = c.read(Duration::from_millis(300)).await;
+        match (expect, next) {
+            (true, Some((f, body))) => {
+                assert_eq!(f & 0xF1, 0x31, "retained PUBLISH for rh={rh}");
+                assert!(body.ends_with(b"kept"));
+            }
+            (false, None) => {}
+            (e, n) => panic!("retain handling {rh} (step {i}): expected {e}, got {n:?}"),
+        }
+    }
+}

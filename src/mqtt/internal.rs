@@ -70,8 +70,8 @@ impl Internal {
 }
 
 fn to_packet(m: &Message) -> Packet {
-    // Into the router everything goes at QoS 0: the edge owns acknowledgements, and the
-    // router delivers at each subscription's QoS.
-    let publish = route_publish(&m.topic, &m.payload, m.retain, qos_from(m.qos));
+    // Into the router everything goes at QoS 0 and unretained: the edge owns
+    // acknowledgements and retained messages; the router delivers at each subscription's QoS.
+    let publish = route_publish(&m.topic, &m.payload, false, qos_from(m.qos));
     Packet::Publish(publish, super::session::props_to_router(&m.props))
 }

@@ -8,6 +8,7 @@ mod internal;
 mod packets;
 mod rate;
 mod registry;
+pub mod retained;
 pub mod session;
 
 pub use codec::Version;
@@ -85,6 +86,8 @@ pub struct Broker {
     pub no_local_filters: AtomicUsize,
     /// Durable state (retained, persistent sessions); `None` with `storage.persistence = false`.
     pub store: Option<Arc<crate::store::Store>>,
+    /// Retained messages (the edge delivers them, not the router; see [`retained`]).
+    pub retained: retained::Retained,
 }
 
 /// User property key under which a routed publish carries its publisher's client id, added
@@ -165,19 +168,37 @@ pub struct ConnMeta {
 }
 
 impl Broker {
+    /// What a routed publish changes besides delivery: the retained message of its topic, and
+    /// the store (retained, queues of offline sessions). `Some` when a store write must finish
+    /// before the publish is acknowledged.
+    pub fn capture(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+        props: Option<&crate::router::protocol::PublishProperties>,
+    ) -> Option<crate::store::Ticket> {
+        if retain {
+            let now = crate::pipeline::now_ms();
+            self.retained.set(topic, payload, qos, props.cloned(), now);
+        }
+        self.store
+            .as_ref()
+            .and_then(|s| s.capture(topic, payload, qos, retain, props))
+    }
+
     /// Publishes a broker-originated message (a will, a block's or the media service's) through
     /// the same pipeline as client publishes.
     pub async fn publish(&self, msg: Message) -> Outcome {
         let outcome = self.pipeline.process(msg).await;
         if let Outcome::Route(m) = &outcome {
-            if let Some(store) = &self.store {
-                let props = session::props_to_router(&m.props);
-                let ticket = store.capture(&m.topic, &m.payload, m.qos, m.retain, props.as_ref());
-                if let Some(Err(e)) =
-                    futures_util::future::OptionFuture::from(ticket.map(|t| t.wait())).await
-                {
-                    tracing::error!(topic = m.topic, error = %e, "store write failed for a broker-originated message");
-                }
+            let props = session::props_to_router(&m.props);
+            let ticket = self.capture(&m.topic, &m.payload, m.qos, m.retain, props.as_ref());
+            if let Some(Err(e)) =
+                futures_util::future::OptionFuture::from(ticket.map(|t| t.wait())).await
+            {
+                tracing::error!(topic = m.topic, error = %e, "store write failed for a broker-originated message");
             }
             if self.pipeline.tapped(&m.topic) {
                 self.pipeline.after_publish(m);

@@ -20,7 +20,9 @@ pub use record::{SessionRecord, StoredFilter, StoredMessage};
 pub use writer::Fsync;
 
 use parking_lot::{Mutex, RwLock};
-use record::{RecordError, client_range, decode_message, qos2_key, queue_key, split_key};
+use record::{
+    RecordError, batch_entries, client_range, decode_entry, decode_message, qos2_key, split_key,
+};
 use redb::{Database, ReadableTable, TableHandle};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +43,8 @@ mod tables {
     pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
     pub const QUEUE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queue");
     pub const QOS2: TableDefinition<&[u8], &[u8]> = TableDefinition::new("qos2_incoming");
+    /// Queued messages delivered from a record that still holds undelivered ones.
+    pub const ACKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queue_acked");
 }
 use tables::*;
 
@@ -189,14 +193,29 @@ pub struct Restored {
     pub queued: u64,
 }
 
+/// The store record a queued message came from.
+#[derive(Debug)]
+pub struct QueueRecord {
+    pub key: Vec<u8>,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// A queued message read back for delivery.
+pub struct Queued {
+    pub record: Arc<QueueRecord>,
+    pub seq: u64,
+    pub message: StoredMessage,
+}
+
 /// What a connecting client resumes.
 #[derive(Default)]
 pub struct Resume {
     /// The store held the session and the router does not: the session is present even
     /// though the router says otherwise, and its filters must be subscribed again.
     pub restored: Option<Vec<StoredFilter>>,
-    /// Queued messages to deliver first, oldest first: key and message.
-    pub replay: Vec<(Vec<u8>, StoredMessage)>,
+    /// Queued messages to deliver first, oldest first.
+    pub replay: Vec<Queued>,
     /// Incoming QoS 2 packet ids that were waiting for PUBREL.
     pub qos2: Vec<u16>,
 }
@@ -335,7 +354,7 @@ impl Store {
         let index = self.offline.read();
         let targets = index.matches(topic);
         if !targets.is_empty() {
-            let frame: Arc<[u8]> = frame.into();
+            let frame: Arc<[u8]> = Arc::from(&frame[..]);
             let size = frame.len() as u64;
             for t in targets {
                 let q = qos.min(t.qos);
@@ -352,12 +371,7 @@ impl Store {
                 s.messages.fetch_add(1, Relaxed);
                 s.bytes.fetch_add(size, Relaxed);
                 let seq = self.next_seq.fetch_add(1, Relaxed);
-                ops.push(Op::Enqueue(
-                    queue_key(&t.client, seq),
-                    q,
-                    now,
-                    frame.clone(),
-                ));
+                ops.push(Op::Enqueue(t.client.clone(), seq, q, now, frame.clone()));
             }
         }
         if ops.is_empty() {
@@ -484,8 +498,16 @@ impl Store {
         self.submit(vec![Op::DelQos2(qos2_key(client, pkid))])
     }
 
-    /// A replayed message was acknowledged by the client.
-    pub fn replay_acked(&self, client: &str, key: Vec<u8>, size: u64) {
+    /// A replayed message was acknowledged by the client; `record_done` when it was the last
+    /// undelivered one of its record.
+    pub fn replay_acked(
+        &self,
+        client: &str,
+        record: &QueueRecord,
+        seq: u64,
+        size: u64,
+        record_done: bool,
+    ) {
         if let Some(s) = self.sessions.lock().get(client) {
             let _ = s
                 .stats
@@ -496,7 +518,17 @@ impl Store {
                 .bytes
                 .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(size)));
         }
-        drop(self.submit(vec![Op::Dequeue(key)]));
+        let op = if record_done {
+            Op::DropRecord(
+                record.key.clone(),
+                client.to_string(),
+                record.first,
+                record.last,
+            )
+        } else {
+            Op::Acked(client.to_string(), seq)
+        };
+        drop(self.submit(vec![op]));
     }
 
     /// Waits until everything submitted so far is committed.
@@ -603,12 +635,21 @@ impl Store {
         out
     }
 
-    fn read_queue(&self, client: &str) -> Result<Vec<(Vec<u8>, StoredMessage)>, StoreError> {
+    fn read_queue(&self, client: &str) -> Result<Vec<Queued>, StoreError> {
         let read = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
         let db = self.db()?;
         let tx = db.begin_read().map_err(|e| read(&e))?;
-        let table = tx.open_table(QUEUE).map_err(|e| read(&e))?;
         let (lo, hi) = client_range(client);
+        let mut delivered = std::collections::HashSet::new();
+        let acked = tx.open_table(ACKED).map_err(|e| read(&e))?;
+        for entry in acked
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(|e| read(&e))?
+        {
+            let (k, _) = entry.map_err(|e| read(&e))?;
+            delivered.insert(k.value().to_vec());
+        }
+        let table = tx.open_table(QUEUE).map_err(|e| read(&e))?;
         let mut out = Vec::new();
         let now = now_ms();
         for entry in table
@@ -616,13 +657,39 @@ impl Store {
             .map_err(|e| read(&e))?
         {
             let (k, v) = entry.map_err(|e| read(&e))?;
-            match decode_message(v.value()) {
-                Ok(mut m) => {
-                    if m.age(now) {
-                        out.push((k.value().to_vec(), m));
+            let entries = match batch_entries(v.value()) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(client, error = %e, "skipping a corrupt queue record");
+                    continue;
+                }
+            };
+            let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+                continue;
+            };
+            let record = Arc::new(QueueRecord {
+                key: k.value().to_vec(),
+                first: first.0,
+                last: last.0,
+            });
+            for (seq, qos, at, frame) in entries {
+                if delivered.contains(&record::queue_key(client, seq)) {
+                    continue;
+                }
+                match decode_entry(qos, at, frame) {
+                    Ok(mut m) => {
+                        if m.age(now) {
+                            out.push(Queued {
+                                record: record.clone(),
+                                seq,
+                                message: m,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(client, error = %e, "skipping a corrupt queued message")
                     }
                 }
-                Err(e) => tracing::warn!(client, error = %e, "skipping a corrupt queued message"),
             }
         }
         Ok(out)
@@ -723,6 +790,7 @@ fn check_format(db: &Database, path: &Path, existed: bool) -> Result<(), StoreEr
                 tx.open_table(SESSIONS).map_err(|e| open(&e))?;
                 tx.open_table(QUEUE).map_err(|e| open(&e))?;
                 tx.open_table(QOS2).map_err(|e| open(&e))?;
+                tx.open_table(ACKED).map_err(|e| open(&e))?;
             }
             tx.commit().map_err(|e| open(&e))?;
             Ok(())
@@ -795,15 +863,17 @@ fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
         let t = tx.open_table(QUEUE).map_err(|e| read(&e))?;
         for entry in t.iter().map_err(|e| read(&e))? {
             let (k, v) = entry.map_err(|e| read(&e))?;
-            let (client, tail) = split_key(k.value()).map_err(|e| corrupt("queue key", &e))?;
-            let seq = <[u8; 8]>::try_from(tail)
-                .map(u64::from_be_bytes)
-                .map_err(|_| corrupt("queue key", &RecordError::Key))?;
-            next_seq = next_seq.max(seq + 1);
+            let (client, _) = split_key(k.value()).map_err(|e| corrupt("queue key", &e))?;
+            let entries = batch_entries(v.value()).map_err(|e| corrupt("queue record", &e))?;
+            if let Some(last) = entries.last() {
+                next_seq = next_seq.max(last.0 + 1);
+            }
             if let Some(s) = sessions.get(client) {
-                s.stats.messages.fetch_add(1, Relaxed);
-                s.stats.bytes.fetch_add(v.value().len() as u64, Relaxed);
-                restored.queued += 1;
+                let n = entries.len() as u64;
+                let bytes: u64 = entries.iter().map(|e| e.3.len() as u64).sum();
+                s.stats.messages.fetch_add(n, Relaxed);
+                s.stats.bytes.fetch_add(bytes, Relaxed);
+                restored.queued += n;
             }
         }
     }
@@ -817,12 +887,16 @@ fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
             let mut s = tx.open_table(SESSIONS).map_err(|e| read(&e))?;
             let mut q = tx.open_table(QUEUE).map_err(|e| read(&e))?;
             let mut q2 = tx.open_table(QOS2).map_err(|e| read(&e))?;
+            let mut acked = tx.open_table(ACKED).map_err(|e| read(&e))?;
             for c in &ended {
                 s.remove(c.as_str()).map_err(|e| read(&e))?;
                 let (lo, hi) = client_range(c);
                 q.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
                     .map_err(|e| read(&e))?;
                 q2.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
+                    .map_err(|e| read(&e))?;
+                acked
+                    .retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
                     .map_err(|e| read(&e))?;
             }
         }

@@ -2,9 +2,10 @@
 //! changes become one redb write transaction (group commit) and the fsync policy is applied
 //! in one place.
 
-use super::record::client_range;
-use super::tables::{QOS2, QUEUE, RETAINED, SESSIONS};
+use super::record::{batch_push, batch_start, client_range, queue_key};
+use super::tables::{ACKED, QOS2, QUEUE, RETAINED, SESSIONS};
 use redb::{Database, Durability};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -30,9 +31,13 @@ pub enum Op {
     PutSession(String, Vec<u8>),
     /// Removes the session with its queue and QoS 2 state.
     DelSession(String),
-    /// `key`, QoS byte, shared frame.
-    Enqueue(Vec<u8>, u8, u64, Arc<[u8]>),
-    Dequeue(Vec<u8>),
+    /// Client, seq, QoS, stored at, shared frame. A commit writes all of a client's as one
+    /// record keyed by the first seq.
+    Enqueue(Arc<str>, u64, u8, u64, Arc<[u8]>),
+    /// One message of a record was delivered: (client, seq).
+    Acked(String, u64),
+    /// Every message of a record was delivered: (record key, client, first and last seq).
+    DropRecord(Vec<u8>, String, u64, u64),
     ClearQueue(String),
     PutQos2(Vec<u8>),
     DelQos2(Vec<u8>),
@@ -130,6 +135,24 @@ fn apply(db: &Database, jobs: &[Job], durability: Durability) -> Result<(), redb
         let mut sessions = tx.open_table(SESSIONS)?;
         let mut queue = tx.open_table(QUEUE)?;
         let mut qos2 = tx.open_table(QOS2)?;
+        let mut acked = tx.open_table(ACKED)?;
+        // Queued messages of this commit, per client, written as one record each.
+        let mut pending: HashMap<&str, (Vec<u8>, Vec<u8>)> = HashMap::new();
+        let flush = |pending: &mut HashMap<&str, (Vec<u8>, Vec<u8>)>,
+                     queue: &mut redb::Table<&[u8], &[u8]>,
+                     client: Option<&str>|
+         -> Result<(), redb::Error> {
+            let keys: Vec<&str> = match client {
+                Some(c) => pending.keys().copied().filter(|k| *k == c).collect(),
+                None => pending.keys().copied().collect(),
+            };
+            for k in keys {
+                if let Some((key, rec)) = pending.remove(k) {
+                    queue.insert(key.as_slice(), rec.as_slice())?;
+                }
+            }
+            Ok(())
+        };
         for op in jobs.iter().flat_map(|j| j.ops.iter()) {
             match op {
                 Op::PutRetained(t, v) => {
@@ -142,21 +165,33 @@ fn apply(db: &Database, jobs: &[Job], durability: Durability) -> Result<(), redb
                     sessions.insert(c.as_str(), v.as_slice())?;
                 }
                 Op::DelSession(c) => {
+                    flush(&mut pending, &mut queue, Some(c))?;
                     sessions.remove(c.as_str())?;
                     let (lo, hi) = client_range(c);
                     queue.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
                     qos2.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+                    acked.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
                 }
-                Op::Enqueue(k, qos, at, frame) => {
-                    let rec = super::record::message_record(*qos, *at, frame);
-                    queue.insert(k.as_slice(), rec.as_slice())?;
+                Op::Enqueue(client, seq, qos, at, frame) => {
+                    let (_, rec) = pending
+                        .entry(client)
+                        .or_insert_with(|| (queue_key(client, *seq), batch_start()));
+                    batch_push(rec, *seq, *qos, *at, frame);
                 }
-                Op::Dequeue(k) => {
-                    queue.remove(k.as_slice())?;
+                Op::Acked(client, seq) => {
+                    acked.insert(queue_key(client, *seq).as_slice(), &[][..])?;
+                }
+                Op::DropRecord(key, client, first, last) => {
+                    flush(&mut pending, &mut queue, Some(client))?;
+                    queue.remove(key.as_slice())?;
+                    let (lo, hi) = (queue_key(client, *first), queue_key(client, *last));
+                    acked.retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
                 }
                 Op::ClearQueue(c) => {
+                    flush(&mut pending, &mut queue, Some(c))?;
                     let (lo, hi) = client_range(c);
                     queue.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+                    acked.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
                 }
                 Op::PutQos2(k) => {
                     qos2.insert(k.as_slice(), &[][..])?;
@@ -166,6 +201,7 @@ fn apply(db: &Database, jobs: &[Job], durability: Durability) -> Result<(), redb
                 }
             }
         }
+        flush(&mut pending, &mut queue, None)?;
     }
     tx.commit()?;
     Ok(())

@@ -273,6 +273,18 @@ pub mod v5 {
                 }
             }
         }
+
+        /// The next publish within `wait`, or `None` (to check that nothing more arrives).
+        pub async fn next_publish_within(&mut self, wait: Duration) -> Option<Publish> {
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(Packet::Publish(p))) => return Some(p),
+                    Ok(Some(_)) => {}
+                    _ => return None,
+                }
+            }
+        }
     }
 }
 

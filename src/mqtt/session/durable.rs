@@ -1,30 +1,72 @@
-//! The session's side of durability: holding acks until the store committed what they
-//! promise, resuming a session the store restored after a restart (subscriptions back into
-//! the router, queued messages replayed under packet ids the router never uses), and telling
-//! the store when the session ends.
+//! Messages the edge itself delivers, and the session's side of durability: retained messages
+//! after a SUBACK, holding acks until the store committed what they promise, resuming a
+//! session the store restored after a restart (subscriptions back into the router, queued
+//! messages replayed), and telling the store when the session ends. The edge's own QoS 1/2
+//! deliveries use packet ids the router never uses, so their acks are recognised here.
 
 use super::*;
-use crate::store::{Resume, StoredFilter, StoredMessage, Ticket};
+use crate::pipeline::now_ms;
+use crate::store::{QueueRecord, Queued, Resume, StoredFilter, Ticket};
 
-/// Packet ids at and above this carry replayed messages; the router numbers its outgoing
-/// publishes from 1 to 100, so the two never meet.
+/// Packet ids at and above this carry the edge's own deliveries; the router numbers its
+/// outgoing publishes from 1 to 100, so the two never meet.
 const REPLAY_BASE: u16 = 0x8000;
-/// Replayed messages in flight at once (also capped by the client's Receive Maximum).
+/// Edge deliveries in flight at once (also capped by the client's Receive Maximum).
 const REPLAY_WINDOW: usize = 64;
 
-/// Queued messages from the store being delivered to a resumed session.
+/// A message the edge delivers itself.
+pub(super) struct EdgeMessage {
+    /// Where it sits in the store's queue (replayed messages), removed once acknowledged.
+    key: Option<(Arc<QueueRecord>, u64)>,
+    qos: u8,
+    retain: bool,
+    topic: Bytes,
+    payload: Bytes,
+    props: Option<PublishProperties>,
+}
+
+impl From<Queued> for EdgeMessage {
+    fn from(q: Queued) -> Self {
+        let m = q.message;
+        EdgeMessage {
+            key: Some((q.record, q.seq)),
+            qos: m.qos.clamp(1, 2),
+            retain: false,
+            topic: m.publish.topic,
+            payload: m.publish.payload,
+            props: m.props,
+        }
+    }
+}
+
+/// An edge delivery waiting for its acknowledgement.
+struct InFlight {
+    key: Option<(Arc<QueueRecord>, u64)>,
+    size: u64,
+    qos: u8,
+    /// PUBREC came (QoS 2); waiting for PUBCOMP.
+    released: bool,
+}
+
+/// Replayed and retained messages being delivered by the edge.
 #[derive(Default)]
 pub(super) struct Replay {
-    pending: VecDeque<(Vec<u8>, StoredMessage)>,
-    /// Packet id → (store key, frame size, QoS, PUBREC seen).
-    inflight: HashMap<u16, (Vec<u8>, u64, u8, bool)>,
+    pending: VecDeque<EdgeMessage>,
+    inflight: HashMap<u16, InFlight>,
     next_pkid: u16,
     window: usize,
+    /// Undelivered messages per store record; the record goes when it reaches 0.
+    records: HashMap<Vec<u8>, usize>,
 }
 
 impl Replay {
+    /// No message from the store is waiting or unacknowledged.
     pub(super) fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.inflight.values().all(|e| e.3)
+        self.pending.iter().all(|m| m.key.is_none())
+            && self
+                .inflight
+                .values()
+                .all(|e| e.released || e.key.is_none())
     }
 }
 
@@ -62,8 +104,9 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    /// Mirrors a routed publish into the store when it must survive (retained, or queued for
-    /// an offline persistent session); its ack waits for the commit.
+    /// Keeps a routed retained message, and mirrors the publish into the store when it must
+    /// survive (retained, or queued for an offline persistent session); its ack waits for the
+    /// commit.
     pub(super) fn capture(
         &mut self,
         topic: &str,
@@ -72,12 +115,7 @@ where
         retain: bool,
         props: Option<&PublishProperties>,
     ) {
-        if let Some(t) = self
-            .broker
-            .store
-            .as_ref()
-            .and_then(|s| s.capture(topic, payload, qos, retain, props))
-        {
+        if let Some(t) = self.broker.capture(topic, payload, qos, retain, props) {
             self.tickets.push(t);
         }
     }
@@ -107,7 +145,10 @@ where
         receive_max: u16,
     ) -> Result<(), SessionError> {
         self.qos2_incoming.extend(resume.qos2);
-        self.replay.pending = resume.replay.into();
+        for q in &resume.replay {
+            *self.replay.records.entry(q.record.key.clone()).or_default() += 1;
+        }
+        self.replay.pending = resume.replay.into_iter().map(EdgeMessage::from).collect();
         self.replay.window = REPLAY_WINDOW.min(receive_max.max(1) as usize);
         self.replay.next_pkid = REPLAY_BASE;
         let Some(filters) = resume.restored else {
@@ -137,29 +178,64 @@ where
             batch.push_back(Packet::Subscribe(Subscribe { pkid: 0, filters }, props));
         }
         self.internal_subacks = batch.len();
-        // The router sends retained messages for new subscriptions; this session already had
-        // them before the restart.
-        self.suppress_retained = true;
         link.send_batch(&mut batch).await?;
         Ok(())
     }
 
-    /// Writes replayed messages while the window has room.
+    /// Queues the retained messages for the filters of a SUBSCRIBE whose SUBACK was just
+    /// written [MQTT-3.3.1-6]: at min(published, subscribed) QoS, with the retain flag, with
+    /// the subscription identifier, expired ones left out [MQTT-3.3.2-5].
+    pub(super) fn release_retained(&mut self, pkid: u16) -> Result<(), SessionError> {
+        let Some((filters, id)) = self.pending_retained.remove(&pkid) else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let v5 = self.codec.version == Version::V5;
+        for (filter, qos) in filters {
+            for m in self.broker.retained.matching(&filter) {
+                let Some(mut props) = m.props_now(now) else {
+                    continue;
+                };
+                if let (true, Some(id)) = (v5, id) {
+                    props
+                        .get_or_insert_with(Default::default)
+                        .subscription_identifiers
+                        .push(id);
+                }
+                self.replay.pending.push_back(EdgeMessage {
+                    key: None,
+                    qos: m.qos.min(qos),
+                    retain: true,
+                    topic: m.topic.clone(),
+                    payload: m.payload.clone(),
+                    props,
+                });
+            }
+        }
+        self.send_replay()
+    }
+
+    /// Writes edge deliveries while the window has room (QoS 0 ones need no room).
     pub(super) fn send_replay(&mut self) -> Result<(), SessionError> {
-        while self.replay.inflight.len() < self.replay.window {
-            let Some((key, m)) = self.replay.pending.pop_front() else {
+        loop {
+            let qos = match self.replay.pending.front() {
+                Some(m) if m.qos == 0 || self.replay.inflight.len() < self.replay.window => m.qos,
+                _ => break,
+            };
+            let Some(m) = self.replay.pending.pop_front() else {
                 break;
             };
-            let qos = m.qos.clamp(1, 2);
-            let mut pkid = self.replay.next_pkid;
-            while self.replay.inflight.contains_key(&pkid) {
-                pkid = pkid.checked_add(1).unwrap_or(REPLAY_BASE);
+            let mut pkid = 0;
+            if qos > 0 {
+                pkid = self.replay.next_pkid.max(REPLAY_BASE);
+                while self.replay.inflight.contains_key(&pkid) {
+                    pkid = pkid.checked_add(1).unwrap_or(REPLAY_BASE);
+                }
+                self.replay.next_pkid = pkid.checked_add(1).unwrap_or(REPLAY_BASE);
             }
-            self.replay.next_pkid = pkid.checked_add(1).unwrap_or(REPLAY_BASE);
-            let topic = &m.publish.topic;
-            let payload = &m.publish.payload;
+            let (topic, payload) = (&m.topic, &m.payload);
             let mut raw = BytesMut::with_capacity(5 + topic.len() + payload.len());
-            raw.extend_from_slice(&[0x30 | (qos << 1)]);
+            raw.extend_from_slice(&[0x30 | (qos << 1) | m.retain as u8]);
             raw.extend_from_slice(&pkid.to_be_bytes());
             raw.extend_from_slice(&(topic.len() as u16).to_be_bytes());
             raw.extend_from_slice(topic);
@@ -168,7 +244,15 @@ where
             let publish = Publish::deserialize(raw.freeze());
             self.codec
                 .encode(Packet::Publish(publish, m.props), &mut self.io.wbuf)?;
-            self.replay.inflight.insert(pkid, (key, size, qos, false));
+            if qos > 0 {
+                let entry = InFlight {
+                    key: m.key,
+                    size,
+                    qos,
+                    released: false,
+                };
+                self.replay.inflight.insert(pkid, entry);
+            }
         }
         Ok(())
     }
@@ -182,12 +266,20 @@ where
             return Ok(false);
         };
         match kind {
-            AckKind::Ack | AckKind::Rec if !entry.3 => {
-                if let Some(store) = &self.broker.store {
-                    store.replay_acked(&self.client_id, entry.0.clone(), entry.1);
+            AckKind::Ack | AckKind::Rec if !entry.released => {
+                if let (Some(store), Some((record, seq))) = (&self.broker.store, entry.key.take()) {
+                    let left = self.replay.records.get_mut(&record.key).map(|n| {
+                        *n = n.saturating_sub(1);
+                        *n
+                    });
+                    let done = left == Some(0);
+                    if done {
+                        self.replay.records.remove(&record.key);
+                    }
+                    store.replay_acked(&self.client_id, &record, seq, entry.size, done);
                 }
-                if kind == AckKind::Rec && entry.2 == 2 {
-                    entry.3 = true;
+                if kind == AckKind::Rec && entry.qos == 2 {
+                    entry.released = true;
                     self.acks.push(Packet::PubRel(
                         PubRel {
                             pkid,
@@ -208,12 +300,25 @@ where
         Ok(true)
     }
 
-    /// Tells the store the connection ended; returns whether the store now owns the offline
-    /// queue alone (messages were still being replayed, so the router session was ended).
+    /// Takes the session offline in the store while the router link still exists, when the
+    /// router will keep the session (nothing from the store left to deliver).
+    pub(super) fn store_offline_early(&mut self, expiry: u32) {
+        if let (Some(store), true, true) = (&self.broker.store, expiry > 0, self.replay.is_empty())
+        {
+            store.session_disconnected(&self.client_id, expiry, false);
+            self.store_offline_done = true;
+        }
+    }
+
+    /// Tells the store the connection ended. When messages from the store were still being
+    /// delivered, the router's session is ended and the store alone owns the offline queue.
     pub(super) async fn store_disconnected(&mut self, expiry: u32) {
         let Some(store) = self.broker.store.clone() else {
             return;
         };
+        if self.store_offline_done {
+            return;
+        }
         if expiry == 0 {
             store.session_ended(&self.client_id);
             return;

@@ -69,6 +69,9 @@ pub enum SessionError {
     Store(String),
 }
 
+/// Filters with their granted QoS, and the subscription identifier, of one SUBSCRIBE.
+type RetainedOwed = (Vec<(String, u8)>, Option<usize>);
+
 /// How long a new session waits for the one it takes over to close.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// Read buffer size; grows only for larger packets and shrinks back when idle.
@@ -254,11 +257,13 @@ struct Session<R, W> {
     tickets: Vec<crate::store::Ticket>,
     /// Queued messages the store restored, being delivered.
     replay: durable::Replay,
-    /// Drop retained messages the router sends for subscriptions restored from the store,
-    /// until the client subscribes itself.
-    suppress_retained: bool,
+    /// Retained deliveries owed once the SUBACK of a SUBSCRIBE (by packet id) is written:
+    /// (filter, granted QoS) pairs and the subscription identifier.
+    pending_retained: HashMap<u16, RetainedOwed>,
     /// SUBACKs the router owes for restored subscriptions (packet id 0), to swallow.
     internal_subacks: usize,
+    /// The store already has this session offline (see `store_offline_early`).
+    store_offline_done: bool,
 }
 
 /// What `admit_publish` decided.
@@ -513,8 +518,9 @@ async fn run_connected<R, W>(
         acks: Vec::new(),
         tickets: Vec::new(),
         replay: Default::default(),
-        suppress_retained: false,
+        pending_retained: HashMap::new(),
         internal_subacks: 0,
+        store_offline_done: false,
     };
     broker.metrics.connections.fetch_add(1, Relaxed);
     broker.metrics.connections_total.fetch_add(1, Relaxed);
@@ -789,6 +795,7 @@ where
     async fn handle_subscribe(&mut self, mut sub: Subscribe, props: Option<SubscribeProperties>) {
         let mut codes: Vec<Option<SubscribeReasonCode>> = Vec::with_capacity(sub.filters.len());
         let mut accepted = Vec::with_capacity(sub.filters.len());
+        let mut news = HashSet::new();
         let v5 = self.codec.version == Version::V5;
         let fail = |v5_code| {
             if v5 {
@@ -822,6 +829,9 @@ where
                     None
                 };
             if code.is_none() {
+                if new {
+                    news.insert(f.path.clone());
+                }
                 self.filters.insert(f.path.clone());
                 accepted.push(f);
             }
@@ -858,7 +868,6 @@ where
             }
             accepted = kept;
         }
-        self.suppress_retained = false;
         if let Some(store) = self.persistent_store() {
             let id = props.as_ref().and_then(|p| p.id);
             let add: Vec<_> = accepted
@@ -889,6 +898,22 @@ where
         }
         if codes.iter().any(Option::is_some) {
             self.pending_suback.insert(sub.pkid, codes);
+        }
+        // Retained messages per Retain Handling [MQTT-3.3.1-9..11]; none for shared
+        // subscriptions [MQTT-4.8.2-?] (sent after the SUBACK, see `release_retained`).
+        let retained: Vec<(String, u8)> = accepted
+            .iter()
+            .filter(|f| !f.path.starts_with("$share/"))
+            .filter(|f| match f.retain_forward_rule {
+                RetainForwardRule::OnEverySubscribe => true,
+                RetainForwardRule::OnNewSubscribe => news.contains(&f.path),
+                RetainForwardRule::Never => false,
+            })
+            .map(|f| (f.path.clone(), f.qos as u8))
+            .collect();
+        if !retained.is_empty() && !self.broker.retained.is_empty() {
+            let id = props.as_ref().and_then(|p| p.id);
+            self.pending_retained.insert(sub.pkid, (retained, id));
         }
         sub.filters = accepted;
         self.to_router.push_back(Packet::Subscribe(sub, props));

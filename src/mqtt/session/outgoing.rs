@@ -33,11 +33,17 @@ where
                         }
                         let start = self.io.wbuf.len();
                         let publish = matches!(p, Packet::Publish(..));
+                        let suback = match &p {
+                            Packet::SubAck(a, _) => Some(a.pkid),
+                            _ => None,
+                        };
                         let (p, own) = self.take_origin(p);
                         if let Err(e) = self.codec.encode(p, &mut self.io.wbuf) {
                             tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable packet");
                         } else if publish {
                             self.settle_outgoing_publish(start, own);
+                        } else if let Some(pkid) = suback {
+                            self.release_retained(pkid)?;
                         }
                     }
                 }
@@ -97,9 +103,6 @@ where
             buf[start] &= !QOS0_MARK;
         }
         let qos = (byte1 >> 1) & 0b11;
-        // Retained copies for restored subscriptions (the router clears the flag on live
-        // messages, so a set flag means "sent because of a new subscription").
-        let own = own || (self.suppress_retained && byte1 & 0x01 != 0 && qos < 2);
         if own && qos == 0 {
             self.io.wbuf.truncate(start);
             return;
@@ -266,6 +269,11 @@ where
             let _ = tokio::time::timeout(Duration::from_secs(1), self.io.flush()).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.writer.shutdown()).await;
+        // Offline in the store before the router link goes: a publish in between is then
+        // queued durably as well as by the router (the copy is cleared on resume).
+        if self.router_persistent && !matches!(why, SessionError::TakenOver) {
+            self.store_offline_early(self.closing_expiry(&why));
+        }
         link.disconnect().await;
         // After a takeover the new session owns the client id and may already be sending
         // chunks; its partial frames must survive the old session's close.
@@ -281,6 +289,17 @@ where
         }
     }
 
+    /// The session expiry interval in force as the connection ends.
+    pub(super) fn closing_expiry(&self, why: &SessionError) -> u32 {
+        match why {
+            // A v5 client may change the interval when it leaves, but not from 0 [MQTT-3.14.2-2].
+            SessionError::ClientDisconnect {
+                expiry: Some(e), ..
+            } if self.expiry > 0 => *e,
+            _ => self.expiry,
+        }
+    }
+
     /// Applies the session expiry: end the router's session now (0), keep it (never), or keep
     /// it and end it later unless the client comes back. After a takeover the session lives on
     /// in the new connection.
@@ -292,20 +311,12 @@ where
             return;
         }
         if matches!(why, SessionError::TakenOver) {
-            if matches!(why, SessionError::TakenOver) && self.router_persistent {
-                self.broker
-                    .registry
-                    .save_filters(&self.client_id, std::mem::take(&mut self.filters));
-            }
+            self.broker
+                .registry
+                .save_filters(&self.client_id, std::mem::take(&mut self.filters));
             return;
         }
-        let expiry = match why {
-            // A v5 client may change the interval when it leaves, but not from 0 [MQTT-3.14.2-2].
-            SessionError::ClientDisconnect {
-                expiry: Some(e), ..
-            } if self.expiry > 0 => *e,
-            _ => self.expiry,
-        };
+        let expiry = self.closing_expiry(why);
         self.store_disconnected(expiry).await;
         if expiry == 0 {
             super::end_router_session(&self.broker, &self.client_id).await;

@@ -30,7 +30,7 @@ where
         for ((qos, pkid, tapped), outcome) in metas.into_iter().zip(outcomes) {
             let refused = match outcome {
                 Outcome::Route(m) => {
-                    let p = route_publish(&m.topic, &m.payload, m.retain, qos_from(m.qos));
+                    let p = route_publish(&m.topic, &m.payload, false, qos_from(m.qos));
                     let mut props = props_to_router(&m.props);
                     self.capture(&m.topic, &m.payload, m.qos, m.retain, props.as_ref());
                     if m.origin.hop == 0 && m.origin.client_id == self.client_id {
@@ -156,7 +156,7 @@ where
             }));
         }
         // Fast path: no stage cares. One copy detaches the message from the read buffer.
-        let p = route_publish(topic, &publish.payload, publish.retain, qos);
+        let p = route_publish(topic, &publish.payload, false, qos);
         let mut props = props.map(strip_alias);
         self.capture(
             topic,
