@@ -118,7 +118,9 @@ impl App {
             max_segment_count: cfg.router.max_segment_count,
             max_outgoing_packet_count: cfg.router.max_outgoing_packet_count,
         });
-        let internal = Internal::start(&router, metrics.clone(), shutdown.clone()).await?;
+        let interest = Arc::new(crate::mqtt::interest::Interests::default());
+        let internal =
+            Internal::start(&router, metrics.clone(), interest.clone(), shutdown.clone()).await?;
         let (store, restored) = if cfg.storage.persistence {
             let settings = cfg.storage.store_settings();
             let (store, restored) = tokio::task::spawn_blocking(move || Store::open(settings))
@@ -228,8 +230,7 @@ impl App {
             blocks,
             media: media.clone(),
             per_ip: Default::default(),
-            no_local: Default::default(),
-            no_local_filters: AtomicUsize::new(0),
+            interest,
             store,
             retained: Default::default(),
         });

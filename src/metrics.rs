@@ -65,7 +65,7 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    drops: [AtomicU64; 13],
+    drops: [AtomicU64; DropReason::ALL.len()],
 }
 
 impl Metrics {

@@ -451,3 +451,235 @@ async fn retain_handling_options() {
         }
     }
 }
+
+/// v5 CONNECT with raw properties (clean start, keep alive 0).
+fn connect_props(id: &str, props: &[u8]) -> Vec<u8> {
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        5,
+        0x02,
+        0,
+        0,
+        props.len() as u8,
+    ];
+    body.extend_from_slice(props);
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    raw::packet(0x10, &body)
+}
+
+/// v5 SUBSCRIBE of one filter with raw options byte.
+fn subscribe_opts(pkid: u16, filter: &str, options: u8) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    body.push(0);
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(options);
+    raw::packet(0x82, &body)
+}
+
+async fn raw_v5(b: &TestBroker, id: &str, props: &[u8]) -> raw::Conn {
+    let mut c = raw::Conn::open(b.mqtt).await;
+    c.send(&connect_props(id, props)).await;
+    let (first, body) = c.read(WAIT).await.expect("CONNACK");
+    assert_eq!((first, body[1]), (0x20, 0), "CONNACK: {body:?}");
+    c
+}
+
+async fn raw_subscribe(c: &mut raw::Conn, filter: &str, options: u8) {
+    c.send(&subscribe_opts(1, filter, options)).await;
+    let (first, body) = c.read(WAIT).await.expect("SUBACK");
+    assert_eq!(first, 0x90, "SUBACK: {body:?}");
+    assert!(
+        *body.last().unwrap() < 0x80,
+        "subscription refused: {body:?}"
+    );
+}
+
+/// Packet id of a v5 QoS > 0 PUBLISH body.
+fn publish_pkid(body: &[u8]) -> u16 {
+    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+    u16::from_be_bytes([body[2 + tl], body[3 + tl]])
+}
+
+/// [MQTT-3.3.4-9] [MQTT-3.3.4-8]: the server never has more unacknowledged QoS 1/2 publishes
+/// to a client than the client's Receive Maximum; the rest follow as acks free room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_maximum_towards_the_client() {
+    let b = TestBroker::start().await;
+    // Receive Maximum 2.
+    let mut c = raw_v5(&b, "slow", &[0x21, 0, 2]).await;
+    raw_subscribe(&mut c, "rm/t", 1).await;
+    let (p, _) = v5::connect(v5::options(b.port(), "p")).await;
+    for i in 0..6 {
+        p.client
+            .publish("rm/t", v5::QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    let mut got = vec![];
+    for _ in 0..2 {
+        let (first, body) = c.read(WAIT).await.expect("first two");
+        assert_eq!(first & 0xF0, 0x30);
+        got.push(publish_pkid(&body));
+    }
+    assert!(
+        c.read(Duration::from_millis(400)).await.is_none(),
+        "a third publish before any PUBACK"
+    );
+    let mut seen = 2;
+    while seen < 6 {
+        let pkid = got.remove(0);
+        c.send(&raw::packet(0x40, &pkid.to_be_bytes())).await;
+        let (first, body) = c.read(WAIT).await.expect("one more per PUBACK");
+        assert_eq!(first & 0xF0, 0x30);
+        assert!(body.ends_with(format!("{seen}").as_bytes()), "in order");
+        got.push(publish_pkid(&body));
+        seen += 1;
+    }
+}
+
+/// [MQTT-3.1.2-25] a packet larger than the client's Maximum Packet Size is not sent (and the
+/// flow with the router goes on: later messages arrive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_maximum_packet_size_is_respected() {
+    let b = TestBroker::start().await;
+    let mut c = raw_v5(&b, "small", &[0x27, 0, 0, 0, 64]).await;
+    raw_subscribe(&mut c, "mp/t", 1).await;
+    let (p, _) = v5::connect(v5::options(b.port(), "p")).await;
+    for (i, size) in [(0, 10), (1, 500), (2, 10), (3, 500), (4, 10)] {
+        p.client
+            .publish("mp/t", v5::QoS::AtLeastOnce, false, vec![b'0' + i; size])
+            .await
+            .unwrap();
+    }
+    for want in [b'0', b'2', b'4'] {
+        let (first, body) = c.read(WAIT).await.expect("small messages");
+        assert_eq!(first & 0xF0, 0x30);
+        assert!(body.len() < 64, "packet within the client's maximum");
+        assert_eq!(*body.last().unwrap(), want);
+        c.send(&raw::packet(0x40, &publish_pkid(&body).to_be_bytes()))
+            .await;
+    }
+    assert!(c.read(Duration::from_millis(300)).await.is_none());
+}
+
+/// [MQTT-3.8.4-8] a QoS 1 publish reaches a QoS 2 subscription at QoS 1; a QoS 2 publish at
+/// QoS 2. [MQTT-3.8.3-3] No Local also holds for QoS 2 deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_subscriptions_get_min_qos_and_no_local() {
+    let b = TestBroker::start().await;
+    let (mut s, _) = v5::connect(v5::options(b.port(), "s")).await;
+    s.subscribe("q2/t", v5::QoS::ExactlyOnce).await;
+    let (p, _) = v5::connect(v5::options(b.port(), "p")).await;
+    for (qos, payload) in [
+        (v5::QoS::AtLeastOnce, "one"),
+        (v5::QoS::ExactlyOnce, "two"),
+        (v5::QoS::AtLeastOnce, "three"),
+    ] {
+        p.client.publish("q2/t", qos, false, payload).await.unwrap();
+    }
+    for (qos, payload) in [
+        (v5::QoS::AtLeastOnce, "one"),
+        (v5::QoS::ExactlyOnce, "two"),
+        (v5::QoS::AtLeastOnce, "three"),
+    ] {
+        let m = s.next_publish().await.expect("delivery");
+        assert_eq!((m.qos, &m.payload[..]), (qos, payload.as_bytes()));
+    }
+    // No Local at QoS 2: the own message is withheld, the router flow still completes.
+    let mut c = raw_v5(&b, "nl2", &[]).await;
+    raw_subscribe(&mut c, "q2/own", 0x02 | 0x04).await;
+    for i in 0..3u16 {
+        c.send(&raw::publish(5, b"q2/own", b"mine", 2, i + 1)).await;
+        let (first, _) = c.read(WAIT).await.expect("PUBREC");
+        assert_eq!(first, 0x50);
+        c.send(&raw::packet(0x62, &(i + 1).to_be_bytes())).await;
+        let (first, _) = c.read(WAIT).await.expect("PUBCOMP");
+        assert_eq!(first, 0x70);
+    }
+    p.client
+        .publish("q2/own", v5::QoS::ExactlyOnce, false, "theirs")
+        .await
+        .unwrap();
+    let (first, body) = c.read(WAIT).await.expect("the other client's message");
+    assert_eq!(first & 0xF6, 0x34, "QoS 2 PUBLISH");
+    assert!(body.ends_with(b"theirs"), "own messages withheld: {body:?}");
+}
+
+/// [MQTT-3.3.2-5] a message whose expiry passed while it waited is not delivered;
+/// [MQTT-3.3.2-6] otherwise the interval is lowered by the time it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_expiry_while_queued() {
+    let b = TestBroker::start().await;
+    let mut o = v5::options(b.port(), "exp");
+    o.set_clean_start(false);
+    o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
+        session_expiry_interval: Some(600),
+        ..Default::default()
+    });
+    let (mut s, _) = v5::connect(o.clone()).await;
+    s.subscribe("exp/t", v5::QoS::AtLeastOnce).await;
+    s.client.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (p, _) = v5::connect(v5::options(b.port(), "p")).await;
+    for (payload, expiry) in [("short", 1u32), ("long", 60)] {
+        let props = PublishProperties {
+            message_expiry_interval: Some(expiry),
+            ..Default::default()
+        };
+        p.client
+            .publish_with_properties("exp/t", v5::QoS::AtLeastOnce, false, payload, props)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let (mut s, ack) = v5::connect(o).await;
+    assert!(ack.session_present);
+    let m = s.next_publish().await.expect("the unexpired message");
+    assert_eq!(&m.payload[..], b"long", "the expired one is dropped");
+    let left = m.properties.and_then(|p| p.message_expiry_interval);
+    assert!(
+        matches!(left, Some(57..=58)),
+        "expiry lowered by the wait: {left:?}"
+    );
+    // The session goes on serving.
+    p.client
+        .publish("exp/t", v5::QoS::AtLeastOnce, false, "after")
+        .await
+        .unwrap();
+    let m = s.next_publish().await.expect("live message after the drop");
+    assert_eq!(&m.payload[..], b"after");
+}
+
+/// [MQTT-3.3.1-12] Retain As Published 1 keeps the retain flag on live deliveries;
+/// [MQTT-3.3.1-13] 0 clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_as_published() {
+    let b = TestBroker::start().await;
+    let mut rap = raw_v5(&b, "rap", &[]).await;
+    raw_subscribe(&mut rap, "rap/t", 0x08).await;
+    let mut plain = raw_v5(&b, "plain", &[]).await;
+    raw_subscribe(&mut plain, "rap/t", 0).await;
+    let (p, _) = v5::connect(v5::options(b.port(), "p")).await;
+    p.client
+        .publish("rap/t", v5::QoS::AtMostOnce, true, "r")
+        .await
+        .unwrap();
+    p.client
+        .publish("rap/t", v5::QoS::AtMostOnce, false, "n")
+        .await
+        .unwrap();
+    for (c, flags) in [(&mut rap, [1u8, 0]), (&mut plain, [0, 0])] {
+        for f in flags {
+            let (first, _) = c.read(WAIT).await.expect("live delivery");
+            assert_eq!(first & 0xF0, 0x30);
+            assert_eq!(first & 1, f, "retain flag");
+        }
+    }
+}

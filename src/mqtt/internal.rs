@@ -27,6 +27,7 @@ impl Internal {
     pub async fn start(
         router: &Router,
         metrics: Arc<Metrics>,
+        interest: Arc<super::interest::Interests>,
         shutdown: CancellationToken,
     ) -> Result<Internal, RouterError> {
         let mut link = router
@@ -41,9 +42,9 @@ impl Internal {
                     _ = shutdown.cancelled() => break,
                     m = rx.recv() => {
                         let Some(m) = m else { break };
-                        batch.push_back(to_packet(&m));
+                        batch.push_back(to_packet(&m, &interest));
                         while let Ok(m) = rx.try_recv() {
-                            batch.push_back(to_packet(&m));
+                            batch.push_back(to_packet(&m, &interest));
                         }
                         if link.send_batch(&mut batch).await.is_err() {
                             break;
@@ -69,9 +70,12 @@ impl Internal {
     }
 }
 
-fn to_packet(m: &Message) -> Packet {
+fn to_packet(m: &Message, interest: &super::interest::Interests) -> Packet {
     // Into the router everything goes at QoS 0 and unretained: the edge owns
     // acknowledgements and retained messages; the router delivers at each subscription's QoS.
     let publish = route_publish(&m.topic, &m.payload, false, qos_from(m.qos));
-    Packet::Publish(publish, super::session::props_to_router(&m.props))
+    let mut props = super::session::props_to_router(&m.props);
+    let origin = Some(m.origin.client_id.as_str()).filter(|_| m.origin.hop == 0);
+    interest.tag(&mut props, &m.topic, origin, m.qos, m.retain);
+    Packet::Publish(publish, props)
 }

@@ -4,6 +4,7 @@
 //! [`session`] state machine.
 
 pub mod codec;
+pub mod interest;
 mod internal;
 mod packets;
 mod rate;
@@ -22,7 +23,6 @@ use crate::pipeline::{Message, Outcome, Pipeline};
 use crate::router::Router;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -80,49 +80,16 @@ pub struct Broker {
     pub media: Option<Arc<crate::media::service::MediaService>>,
     /// Open connections per source address, for `limits.max_connections_per_ip`.
     pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-    /// Filters some v5 session subscribed with No Local, with how many sessions did.
-    pub no_local: parking_lot::RwLock<std::collections::HashMap<String, usize>>,
-    /// Entries in `no_local`, read on every publish without taking the lock.
-    pub no_local_filters: AtomicUsize,
+    /// Subscription options in use that need publish metadata (No Local, QoS 2, Retain As
+    /// Published, see [`interest`]).
+    pub interest: Arc<interest::Interests>,
     /// Durable state (retained, persistent sessions); `None` with `storage.persistence = false`.
     pub store: Option<Arc<crate::store::Store>>,
     /// Retained messages (the edge delivers them, not the router; see [`retained`]).
     pub retained: retained::Retained,
 }
 
-/// User property key under which a routed publish carries its publisher's client id, added
-/// only while a No Local subscription could match it. A NUL-prefixed key: MQTT strings may not
-/// contain U+0000, and the edge removes it from everything clients send and receive.
-pub const ORIGIN_KEY: &str = "\u{0}moonwire-origin";
-
-impl Broker {
-    /// Whether a publish to `topic` must carry its origin for No Local subscribers.
-    pub fn wants_origin(&self, topic: &str) -> bool {
-        if self.no_local_filters.load(Relaxed) == 0 {
-            return false;
-        }
-        let map = self.no_local.read();
-        map.keys()
-            .any(|f| crate::pipeline::filter_matches(f, topic))
-    }
-
-    pub fn add_no_local(&self, filter: &str) {
-        let mut map = self.no_local.write();
-        *map.entry(filter.to_string()).or_insert(0) += 1;
-        self.no_local_filters.store(map.len(), Relaxed);
-    }
-
-    pub fn remove_no_local(&self, filter: &str) {
-        let mut map = self.no_local.write();
-        if let Some(n) = map.get_mut(filter) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(filter);
-            }
-        }
-        self.no_local_filters.store(map.len(), Relaxed);
-    }
-}
+pub use interest::ORIGIN_KEY;
 
 /// Counts one connection against its source address until dropped.
 pub struct IpSlot {

@@ -158,12 +158,13 @@ where
         // is never a client's, so the router's SUBACKs for these are recognisable.
         let mut by_id: Vec<(Option<usize>, Vec<Filter>)> = Vec::new();
         for f in &filters {
-            if f.no_local
-                && self.codec.version == Version::V5
-                && self.no_local.insert(f.path.clone())
-            {
-                self.broker.add_no_local(&f.path);
-            }
+            let v5 = self.codec.version == Version::V5;
+            self.note_options(
+                &f.path,
+                v5 && f.no_local,
+                f.qos == 2,
+                v5 && f.retain_as_published,
+            );
             match by_id.iter_mut().find(|(id, _)| *id == f.id) {
                 Some((_, v)) => v.push(to_router_filter(f)),
                 None => by_id.push((f.id, vec![to_router_filter(f)])),
@@ -219,7 +220,13 @@ where
     pub(super) fn send_replay(&mut self) -> Result<(), SessionError> {
         loop {
             let qos = match self.replay.pending.front() {
-                Some(m) if m.qos == 0 || self.replay.inflight.len() < self.replay.window => m.qos,
+                Some(m)
+                    if m.qos == 0
+                        || (self.replay.inflight.len() < self.replay.window
+                            && self.client_inflight < self.client_receive_max) =>
+                {
+                    m.qos
+                }
                 _ => break,
             };
             let Some(m) = self.replay.pending.pop_front() else {
@@ -252,6 +259,7 @@ where
                     released: false,
                 };
                 self.replay.inflight.insert(pkid, entry);
+                self.client_inflight += 1;
             }
         }
         Ok(())
@@ -289,10 +297,12 @@ where
                     ));
                 } else {
                     self.replay.inflight.remove(&pkid);
+                    self.client_done();
                 }
             }
             AckKind::Comp => {
                 self.replay.inflight.remove(&pkid);
+                self.client_done();
             }
             _ => {}
         }

@@ -234,6 +234,10 @@ struct Session<R, W> {
     unacked_in_batch: usize,
     /// Filters this (v5) session subscribed with No Local.
     no_local: HashSet<String>,
+    /// Filters subscribed at QoS 2 (QoS 1 publishes are delivered at QoS 1 on them).
+    qos2_subs: HashSet<String>,
+    /// Filters subscribed with Retain As Published (v5).
+    rap_subs: HashSet<String>,
     /// Outgoing QoS 1/2 publishes in the order the router sent them, with the ack to hand back
     /// once known. The router accepts acks only in that order, and some are the edge's own
     /// (messages delivered at a lower QoS than the subscription's).
@@ -264,6 +268,18 @@ struct Session<R, W> {
     internal_subacks: usize,
     /// The store already has this session offline (see `store_offline_early`).
     store_offline_done: bool,
+    /// Router QoS 2 deliveries the edge finishes itself (withheld or sent at a lower QoS):
+    /// the router's PUBREL for them is answered here.
+    edge_qos2: HashSet<u16>,
+    /// Router QoS 2 deliveries sent to the client at QoS 1 (published at QoS 1).
+    downgraded2: HashSet<u16>,
+    /// QoS 1/2 deliveries the client has not finished, against its Receive Maximum.
+    client_inflight: usize,
+    client_receive_max: usize,
+    /// Encoded publishes waiting for room under the client's Receive Maximum.
+    held: VecDeque<Bytes>,
+    /// The client's Maximum Packet Size (v5).
+    client_max_packet: Option<usize>,
 }
 
 /// What `admit_publish` decided.
@@ -509,6 +525,8 @@ async fn run_connected<R, W>(
         unacked_in_batch: 0,
         outgoing_order: VecDeque::new(),
         no_local: HashSet::new(),
+        qos2_subs: HashSet::new(),
+        rap_subs: HashSet::new(),
         request_problem_info: props.request_problem_info != Some(0),
         qos2_incoming: HashSet::new(),
         filters,
@@ -521,6 +539,12 @@ async fn run_connected<R, W>(
         pending_retained: HashMap::new(),
         internal_subacks: 0,
         store_offline_done: false,
+        edge_qos2: HashSet::new(),
+        downgraded2: HashSet::new(),
+        client_inflight: 0,
+        client_receive_max: receive_max.max(1) as usize,
+        held: VecDeque::new(),
+        client_max_packet: props.max_packet_size.map(|m| m as usize),
     };
     broker.metrics.connections.fetch_add(1, Relaxed);
     broker.metrics.connections_total.fetch_add(1, Relaxed);
@@ -767,6 +791,7 @@ where
             }
             Packet::PubComp(a, _) => {
                 if !self.replay_ack(a.pkid, durable::AckKind::Comp)? {
+                    self.client_done();
                     self.to_router.push_back(Packet::PubComp(a, None));
                 }
                 Ok(())
@@ -878,12 +903,12 @@ where
             self.hold_ack(Some(t));
         }
         for f in &accepted {
-            let wants = v5 && f.nolocal;
-            if wants && self.no_local.insert(f.path.clone()) {
-                self.broker.add_no_local(&f.path);
-            } else if !wants && self.no_local.remove(&f.path) {
-                self.broker.remove_no_local(&f.path);
-            }
+            let (no_local, qos2, rap) = (
+                v5 && f.nolocal,
+                f.qos == QoS::ExactlyOnce,
+                v5 && f.preserve_retain,
+            );
+            self.note_options(&f.path, no_local, qos2, rap);
         }
         if accepted.is_empty() {
             let return_codes = codes.into_iter().flatten().collect();
@@ -919,6 +944,23 @@ where
         self.to_router.push_back(Packet::Subscribe(sub, props));
     }
 
+    /// Records which options a filter was subscribed with, here and in the broker-wide
+    /// `Interests` (a filter subscribed again replaces its options).
+    pub(super) fn note_options(&mut self, path: &str, no_local: bool, qos2: bool, rap: bool) {
+        let i = &self.broker.interest;
+        for (set, counts, wants) in [
+            (&mut self.no_local, &i.no_local, no_local),
+            (&mut self.qos2_subs, &i.qos2, qos2),
+            (&mut self.rap_subs, &i.retain_as_published, rap),
+        ] {
+            if wants && set.insert(path.to_string()) {
+                counts.add(path);
+            } else if !wants && set.remove(path) {
+                counts.remove(path);
+            }
+        }
+    }
+
     /// The store, when this session's state outlives the connection.
     fn persistent_store(&self) -> Option<Arc<crate::store::Store>> {
         self.broker.store.clone().filter(|_| self.router_persistent)
@@ -928,9 +970,7 @@ where
         let mut reasons = Vec::with_capacity(unsub.filters.len());
         let mut expected = 0;
         for f in &unsub.filters {
-            if self.no_local.remove(f) {
-                self.broker.remove_no_local(f);
-            }
+            self.note_options(f, false, false, false);
             if self.filters.remove(f) {
                 expected += 1;
                 reasons.push(UnsubAckReason::Success);

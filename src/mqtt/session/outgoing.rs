@@ -3,6 +3,15 @@
 use super::*;
 use bytes::BufMut;
 
+/// What the edge does with one delivery, decided from its metadata.
+#[derive(Debug, Default)]
+pub(super) struct Fate {
+    /// Not for this client (own message on No Local).
+    withhold: bool,
+    /// The QoS it was published at, when the metadata says (QoS 1 on a QoS 2 subscription).
+    published_qos: Option<u8>,
+}
+
 impl<R, W> Session<R, W>
 where
     R: AsyncRead + Unpin + Send,
@@ -37,11 +46,11 @@ where
                             Packet::SubAck(a, _) => Some(a.pkid),
                             _ => None,
                         };
-                        let (p, own) = self.take_origin(p);
+                        let (p, fate) = self.take_meta(p);
                         if let Err(e) = self.codec.encode(p, &mut self.io.wbuf) {
                             tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable packet");
                         } else if publish {
-                            self.settle_outgoing_publish(start, own);
+                            self.settle_outgoing_publish(start, fate);
                         } else if let Some(pkid) = suback {
                             self.release_retained(pkid)?;
                         }
@@ -67,35 +76,36 @@ where
         Ok(())
     }
 
-    /// Removes the origin property from a publish; true when it is this client's own message
-    /// and a No Local subscription of this session matches it [MQTT-3.8.3-3].
-    fn take_origin(&self, p: Packet) -> (Packet, bool) {
-        let Packet::Publish(publish, Some(mut props)) = p else {
-            return (p, false);
+    /// Removes the reserved properties from a publish and decides what they mean for this
+    /// session: its own message on a No Local subscription [MQTT-3.8.3-3], the retain flag for
+    /// Retain As Published [MQTT-3.3.1-12], and the published QoS [MQTT-3.8.4-8].
+    fn take_meta(&self, p: Packet) -> (Packet, Fate) {
+        let mut fate = Fate::default();
+        let Packet::Publish(mut publish, mut props) = p else {
+            return (p, fate);
         };
-        let Some(i) = props
-            .user_properties
-            .iter()
-            .position(|(k, _)| k == super::super::ORIGIN_KEY)
-        else {
-            return (Packet::Publish(publish, Some(props)), false);
+        let meta = crate::mqtt::interest::take_meta(&mut props);
+        let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+        let matches = |set: &HashSet<String>| {
+            set.iter()
+                .any(|f| crate::pipeline::filter_matches(f, topic))
         };
-        let (_, origin) = props.user_properties.remove(i);
-        let own = origin == self.client_id
-            && std::str::from_utf8(&publish.topic).is_ok_and(|t| {
-                self.no_local
-                    .iter()
-                    .any(|f| crate::pipeline::filter_matches(f, t))
-            });
-        let props = (props != PublishProperties::default()).then_some(props);
-        (Packet::Publish(publish, props), own)
+        fate.withhold =
+            meta.origin.as_deref() == Some(self.client_id.as_str()) && matches(&self.no_local);
+        if meta.retain && matches(&self.rap_subs) {
+            publish.retain = true;
+        }
+        fate.published_qos = meta.qos;
+        (Packet::Publish(publish, props), fate)
     }
 
     /// Looks at a publish just encoded at `start` in the write buffer: clears the QoS-0 mark,
-    /// delivers a QoS 0 message to a QoS 1 subscription at QoS 0 [MQTT-3.8.4-8], withholds a
-    /// client's own message from its No Local subscription (`own`; acking the router in the
-    /// client's place when needed), and records the ack order the router expects.
-    fn settle_outgoing_publish(&mut self, start: usize, own: bool) {
+    /// delivers at min(published, subscribed) QoS [MQTT-3.8.4-8], withholds what must not
+    /// reach the client (its own message on No Local, expired, larger than the client's
+    /// Maximum Packet Size [MQTT-3.1.2-25]) completing the flow with the router in its place,
+    /// holds QoS 1/2 publishes beyond the client's Receive Maximum [MQTT-3.3.4-9], and records
+    /// the ack order the router expects.
+    fn settle_outgoing_publish(&mut self, start: usize, fate: Fate) {
         let buf = &mut self.io.wbuf;
         let Some(&byte1) = buf.get(start) else { return };
         let marked = byte1 & QOS0_MARK != 0;
@@ -103,11 +113,17 @@ where
             buf[start] &= !QOS0_MARK;
         }
         let qos = (byte1 >> 1) & 0b11;
-        if own && qos == 0 {
-            self.io.wbuf.truncate(start);
-            return;
+        let too_big = self
+            .client_max_packet
+            .is_some_and(|max| buf.len() - start > max);
+        if too_big {
+            self.broker.metrics.dropped(DropReason::PacketTooLarge, 1);
         }
+        let withhold = fate.withhold || too_big;
         if qos == 0 {
+            if withhold {
+                buf.truncate(start);
+            }
             return;
         }
         // Fixed header: byte 1, then the remaining length (1–4 bytes).
@@ -129,37 +145,104 @@ where
             return;
         };
         let pkid = u16::from_be_bytes([p0, p1]);
-        if own && qos == 1 {
+        if withhold {
             buf.truncate(start);
-            self.ack_for_client(pkid);
+            self.complete_for_client(pkid, qos);
             return;
         }
-        if !(marked && qos == 1) {
-            self.outgoing_order.push_back((pkid, None));
-            return;
-        }
-        // Rewrite as QoS 0: same topic, properties and payload, no packet id.
-        let rest = buf.split_off(start);
-        buf.put_u8(0x30 | (byte1 & 0x01));
-        let mut n = rlen - 2;
-        loop {
-            let mut b = (n % 128) as u8;
-            n /= 128;
-            if n > 0 {
-                b |= 0x80;
+        if marked {
+            // Published at QoS 0: rewrite as QoS 0 (same topic, properties and payload, no
+            // packet id) and finish the router's flow in the client's place.
+            let rest = buf.split_off(start);
+            buf.put_u8(0x30 | (rest[0] & 0x01));
+            let mut n = rlen - 2;
+            loop {
+                let mut b = (n % 128) as u8;
+                n /= 128;
+                if n > 0 {
+                    b |= 0x80;
+                }
+                buf.put_u8(b);
+                if n == 0 {
+                    break;
+                }
             }
-            buf.put_u8(b);
-            if n == 0 {
+            buf.extend_from_slice(&rest[hlen..pk_at - start]);
+            buf.extend_from_slice(&rest[pk_at - start + 2..]);
+            self.complete_for_client(pkid, qos);
+            return;
+        }
+        if qos == 2 && fate.published_qos == Some(1) {
+            // Published at QoS 1 to a QoS 2 subscription: the client gets QoS 1; its PUBACK
+            // becomes the router's PUBREC.
+            buf[start] = (buf[start] & !0b0110) | 0b0010;
+            self.downgraded2.insert(pkid);
+        }
+        self.outgoing_order.push_back((pkid, None));
+        if self.client_inflight >= self.client_receive_max {
+            let held = buf.split_off(start).freeze();
+            self.held.push_back(held);
+        } else {
+            self.client_inflight += 1;
+        }
+    }
+
+    /// The edge finishes the router's QoS 1/2 flow for a delivery the client did not get as
+    /// such (withheld, or sent at QoS 0): PUBACK, or PUBREC then PUBCOMP when the router's
+    /// PUBREL comes.
+    fn complete_for_client(&mut self, pkid: u16, qos: u8) {
+        let ack = if qos == 2 {
+            self.edge_qos2.insert(pkid);
+            Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            )
+        } else {
+            Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            )
+        };
+        self.outgoing_order.push_back((pkid, Some(ack)));
+        self.release_acks();
+    }
+
+    /// A QoS 1/2 delivery finished on the client's side: room for a held publish.
+    pub(super) fn client_done(&mut self) {
+        self.client_inflight = self.client_inflight.saturating_sub(1);
+        while self.client_inflight < self.client_receive_max {
+            let Some(p) = self.held.pop_front() else {
                 break;
-            }
+            };
+            self.io.wbuf.extend_from_slice(&p);
+            self.client_inflight += 1;
         }
-        buf.extend_from_slice(&rest[hlen..pk_at - start]);
-        buf.extend_from_slice(&rest[pk_at - start + 2..]);
-        self.ack_for_client(pkid);
     }
 
     /// The client acknowledged an outgoing publish; hand acks to the router in its order.
     pub(super) fn client_acked(&mut self, pkid: u16, ack: Packet) {
+        let ack = match ack {
+            Packet::PubAck(..) if self.downgraded2.remove(&pkid) => {
+                self.edge_qos2.insert(pkid);
+                Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::Success,
+                    },
+                    None,
+                )
+            }
+            other => other,
+        };
+        if matches!(ack, Packet::PubAck(..)) || self.edge_qos2.contains(&pkid) {
+            self.client_done();
+        }
         match self
             .outgoing_order
             .iter_mut()
@@ -169,15 +252,6 @@ where
             // Not ours to order (e.g. resent after a reconnect): the router judges it.
             None => self.to_router.push_back(ack),
         }
-        self.release_acks();
-    }
-
-    /// The edge acknowledges a QoS 1 delivery in the client's place (the client got it at
-    /// QoS 0, or not at all); the ack joins the router's order.
-    fn ack_for_client(&mut self, pkid: u16) {
-        let reason = PubAckReason::Success;
-        self.outgoing_order
-            .push_back((pkid, Some(Packet::PubAck(PubAck { pkid, reason }, None))));
         self.release_acks();
     }
 
@@ -218,6 +292,14 @@ where
                 }
                 let (_, reasons) = self.pending_unsuback.remove(&ack.pkid)?;
                 Some(unsuback(ack.pkid, reasons, self.codec.version))
+            }
+            Packet::PubRel(rel, _) if self.edge_qos2.remove(&rel.pkid) => {
+                // A QoS 2 delivery the edge completed for the client.
+                let pkid = rel.pkid;
+                let reason = PubCompReason::Success;
+                self.to_router
+                    .push_back(Packet::PubComp(PubComp { pkid, reason }, None));
+                None
             }
             // Acks for client publishes and pings are the edge's job (see module docs).
             Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) | Packet::PingResp(_) => {
@@ -280,8 +362,15 @@ where
         if let (Some(media), false) = (&self.broker.media, matches!(why, SessionError::TakenOver)) {
             media.device_gone(&self.client_id);
         }
-        for f in std::mem::take(&mut self.no_local) {
-            self.broker.remove_no_local(&f);
+        let all: HashSet<String> = self
+            .no_local
+            .iter()
+            .chain(&self.qos2_subs)
+            .chain(&self.rap_subs)
+            .cloned()
+            .collect();
+        for f in all {
+            self.note_options(&f, false, false, false);
         }
         self.end_or_keep_session(&why).await;
         if let (true, Some(will)) = (fire_will, self.will.take()) {

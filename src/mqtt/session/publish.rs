@@ -33,9 +33,8 @@ where
                     let p = route_publish(&m.topic, &m.payload, false, qos_from(m.qos));
                     let mut props = props_to_router(&m.props);
                     self.capture(&m.topic, &m.payload, m.qos, m.retain, props.as_ref());
-                    if m.origin.hop == 0 && m.origin.client_id == self.client_id {
-                        self.tag_origin(&mut props, &m.topic);
-                    }
+                    let own = m.origin.hop == 0 && m.origin.client_id == self.client_id;
+                    self.tag(&mut props, &m.topic, own, m.qos, m.retain);
                     self.to_router.push_back(Packet::Publish(p, props));
                     if tapped {
                         broker.pipeline.after_publish(&m);
@@ -165,23 +164,22 @@ where
             publish.retain,
             props.as_ref(),
         );
-        self.tag_origin(&mut props, topic);
+        self.tag(&mut props, topic, true, qos as u8, publish.retain);
         Ok(Admit::Routed(Packet::Publish(p, props), (qos, pkid)))
     }
 
-    /// Removes any origin property a client sent, and adds this client's id while a No Local
-    /// subscription could match the topic.
-    pub(super) fn tag_origin(&self, props: &mut Option<PublishProperties>, topic: &str) {
-        if let Some(p) = props.as_mut() {
-            p.user_properties
-                .retain(|(k, _)| k != crate::mqtt::ORIGIN_KEY);
-        }
-        if self.broker.wants_origin(topic) {
-            props
-                .get_or_insert_with(Default::default)
-                .user_properties
-                .push((crate::mqtt::ORIGIN_KEY.to_string(), self.client_id.clone()));
-        }
+    /// Removes reserved properties a client sent and adds the metadata subscriptions need
+    /// (see `mqtt::interest`); `own`: the message is this client's (for No Local).
+    pub(super) fn tag(
+        &self,
+        props: &mut Option<PublishProperties>,
+        topic: &str,
+        own: bool,
+        qos: u8,
+        retain: bool,
+    ) {
+        let client = own.then_some(self.client_id.as_str());
+        self.broker.interest.tag(props, topic, client, qos, retain);
     }
 
     /// Queues the PUBACK/PUBREC for a decided publish (nothing for QoS 0).
@@ -266,7 +264,7 @@ where
                 .map(|mut p| {
                     // Stages never see (or copy) an origin a client tried to forge.
                     p.user_properties
-                        .retain(|(k, _)| k != crate::mqtt::ORIGIN_KEY);
+                        .retain(|(k, _)| !k.starts_with(crate::mqtt::interest::RESERVED_PREFIX));
                     props_from_router(p)
                 })
                 .unwrap_or_default(),
