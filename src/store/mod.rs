@@ -95,8 +95,13 @@ pub struct StoreSettings {
 pub struct Ticket(oneshot::Receiver<Result<(), String>>);
 
 impl Ticket {
-    pub async fn wait(self) -> Result<(), StoreError> {
-        match self.0.await {
+    pub async fn wait(mut self) -> Result<(), StoreError> {
+        self.wait_mut().await
+    }
+
+    /// Like [`Ticket::wait`], without consuming: safe to call again after being cancelled.
+    pub async fn wait_mut(&mut self) -> Result<(), StoreError> {
+        match (&mut self.0).await {
             Ok(r) => r.map_err(StoreError::Write),
             Err(_) => Err(StoreError::Write("store writer stopped".into())),
         }

@@ -8,6 +8,31 @@ use super::*;
 use crate::pipeline::now_ms;
 use crate::store::{QueueRecord, Queued, Resume, StoredFilter, Ticket};
 
+/// Read batches whose acks may wait for the store at once; reading pauses beyond.
+pub(super) const MAX_COMMITS: usize = 8;
+
+/// The acks of one read batch and the store writes they wait for.
+pub(super) struct Commit {
+    tickets: VecDeque<Ticket>,
+    acks: Vec<Packet>,
+    /// PUBACK/PUBREC among `acks`.
+    publishes: usize,
+}
+
+impl Commit {
+    /// Completes when every write is committed. Cancel-safe: finished tickets are dropped, so
+    /// a later call waits only for the rest.
+    pub(super) async fn wait(&mut self) -> Result<(), SessionError> {
+        while let Some(t) = self.tickets.front_mut() {
+            t.wait_mut()
+                .await
+                .map_err(|e| SessionError::Store(e.to_string()))?;
+            self.tickets.pop_front();
+        }
+        Ok(())
+    }
+}
+
 /// Packet ids at and above this carry the edge's own deliveries; the router numbers its
 /// outgoing publishes from 1 to 100, so the two never meet.
 const REPLAY_BASE: u16 = 0x8000;
@@ -126,13 +151,40 @@ where
         }
     }
 
-    /// Waits for every store write the pending acks depend on.
-    pub(super) async fn wait_durable(&mut self) -> Result<(), SessionError> {
-        for t in std::mem::take(&mut self.tickets) {
-            t.wait()
-                .await
-                .map_err(|e| SessionError::Store(e.to_string()))?;
+    /// Moves this batch's acks behind its store writes (see `Commit`).
+    pub(super) fn stage_commit(&mut self) {
+        let acks = std::mem::take(&mut self.acks);
+        let publishes = acks
+            .iter()
+            .filter(|a| matches!(a, Packet::PubAck(..) | Packet::PubRec(..)))
+            .count();
+        self.unacked_staged += publishes;
+        self.staged = Some(Commit {
+            tickets: std::mem::take(&mut self.tickets).into(),
+            acks,
+            publishes,
+        });
+    }
+
+    /// Writes the acks of every committed batch at the front, in order.
+    pub(super) async fn write_committed(
+        &mut self,
+        commits: &mut VecDeque<Commit>,
+    ) -> Result<(), SessionError> {
+        use futures_util::FutureExt;
+        while let Some(c) = commits.front_mut() {
+            match c.wait().now_or_never() {
+                Some(r) => r?,
+                None => break,
+            }
+            let Some(c) = commits.pop_front() else { break };
+            self.unacked_staged = self.unacked_staged.saturating_sub(c.publishes);
+            for ack in c.acks {
+                self.codec.encode(ack, &mut self.io.wbuf)?;
+            }
         }
+        let n = self.io.flush().await?;
+        self.broker.metrics.bytes_out.fetch_add(n as u64, Relaxed);
         Ok(())
     }
 

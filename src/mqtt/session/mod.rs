@@ -259,6 +259,10 @@ struct Session<R, W> {
     rate: RateLimit,
     /// Store writes the acks in `acks` wait for.
     tickets: Vec<crate::store::Ticket>,
+    /// The batch just read, when its acks must wait for the store (taken by `run`).
+    staged: Option<durable::Commit>,
+    /// QoS 1/2 publishes in staged batches, not yet acknowledged (Receive Maximum).
+    unacked_staged: usize,
     /// Queued messages the store restored, being delivered.
     replay: durable::Replay,
     /// Retained deliveries owed once the SUBACK of a SUBSCRIBE (by packet id) is written:
@@ -535,6 +539,8 @@ async fn run_connected<R, W>(
         to_router: VecDeque::new(),
         acks: Vec::new(),
         tickets: Vec::new(),
+        staged: None,
+        unacked_staged: 0,
         replay: Default::default(),
         pending_retained: HashMap::new(),
         internal_subacks: 0,
@@ -658,18 +664,34 @@ where
         // serialise all sessions on the token's lock.
         let shutdown = broker.shutdown.cancelled();
         tokio::pin!(shutdown);
+        // Read batches whose acks wait for the store, oldest first. The next batch is read
+        // and routed meanwhile, so one commit's latency does not stall the client.
+        let mut commits: VecDeque<durable::Commit> = VecDeque::new();
         loop {
+            let (can_read, behind) = (commits.len() < durable::MAX_COMMITS, !commits.is_empty());
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return Err(SessionError::Shutdown),
                 _ = &mut kicked => return Err(SessionError::TakenOver),
-                r = self.io.fill() => {
+                r = async {
+                    match commits.front_mut() {
+                        Some(c) => c.wait().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    r?;
+                    self.write_committed(&mut commits).await?;
+                }
+                r = self.io.fill(), if can_read => {
                     let n = r?;
                     broker.metrics.bytes_in.fetch_add(n as u64, Relaxed);
                     if !grace.is_zero() {
                         keepalive.as_mut().reset(Instant::now() + grace);
                     }
-                    self.handle_incoming(link).await?;
+                    self.handle_incoming(link, behind).await?;
+                    if let Some(c) = self.staged.take() {
+                        commits.push_back(c);
+                    }
                     self.io.shrink();
                 }
                 out = link.recv() => {
@@ -682,7 +704,11 @@ where
 
     /// Decodes every complete packet in the read buffer, then hands the batch to the router
     /// and writes the acks.
-    async fn handle_incoming(&mut self, link: &mut Link) -> Result<(), SessionError> {
+    async fn handle_incoming(
+        &mut self,
+        link: &mut Link,
+        behind_commits: bool,
+    ) -> Result<(), SessionError> {
         let mut publishes = 0u64;
         self.unacked_in_batch = 0;
         let mut outcome = Ok(());
@@ -742,9 +768,12 @@ where
             .messages_in
             .fetch_add(publishes, Relaxed);
         // Whatever was accepted before an error still reaches the router and gets its ack,
-        // once the store holds what the ack promises.
+        // once the store holds what the ack promises (and after earlier batches' acks).
         link.send_batch(&mut self.to_router).await?;
-        self.wait_durable().await?;
+        if !self.tickets.is_empty() || behind_commits {
+            self.stage_commit();
+            return outcome;
+        }
         for ack in self.acks.drain(..) {
             self.codec.encode(ack, &mut self.io.wbuf)?;
         }

@@ -122,7 +122,7 @@ where
             // Unacknowledged QoS 1/2 publishes: those of this batch (acked when it ends) and
             // QoS 2 ones waiting for PUBREL, against the Receive Maximum we announced.
             self.unacked_in_batch += 1;
-            let in_flight = self.unacked_in_batch + self.qos2_incoming.len();
+            let in_flight = self.unacked_in_batch + self.unacked_staged + self.qos2_incoming.len();
             if self.codec.version == Version::V5
                 && in_flight > self.broker.limits.receive_maximum as usize
             {
