@@ -82,6 +82,7 @@ fn engine(dir: &std::path::Path, script: Option<&str>, workers: usize) -> BlockE
         cfg,
         Arc::new(Sink),
         EngineOptions {
+            kv_database: None,
             extensions: vec![Arc::new(Sleep)],
         },
     )

@@ -175,7 +175,15 @@ impl App {
             if let Some(m) = &media {
                 extensions.push(Arc::new(MediaExtension { media: m.clone() }));
             }
-            let opts = EngineOptions { extensions };
+            // kv lives in the store's file unless block_engine.kv_path names another.
+            let kv_database = store
+                .as_ref()
+                .filter(|_| cfg.block_engine.kv_path.is_empty())
+                .map(|s| s.database());
+            let opts = EngineOptions {
+                extensions,
+                kv_database,
+            };
             // Compiling every script on every worker blocks; keep it off the async workers.
             let engine = tokio::task::spawn_blocking(move || BlockEngine::start_with(bc, p, opts))
                 .await

@@ -79,7 +79,10 @@ fn moonwire() -> Command {
 
 #[test]
 fn binary_runs_with_defaults_and_stops_on_sigterm() {
+    // Its own data directory: the store file is locked by whichever broker has it open.
+    let data = tempfile::tempdir().unwrap();
     let mut child = moonwire()
+        .env("MOONWIRE__STORAGE__DATA_DIR", data.path())
         .env("MOONWIRE__MQTT__LISTEN", "127.0.0.1:0")
         .env("MOONWIRE__WS__LISTEN", "127.0.0.1:0")
         .env("MOONWIRE__HTTP__LISTEN", "127.0.0.1:0")

@@ -54,6 +54,8 @@ pub struct ClientInfo {
 pub struct EngineOptions {
     /// Extra host namespaces installed in every block state (e.g. `media`).
     pub extensions: Vec<Arc<dyn HostExtension>>,
+    /// Keep `kv` in this database (the broker's store) instead of its own file.
+    pub kv_database: Option<Arc<redb::Database>>,
 }
 
 /// A block as `status()` reports it.
@@ -132,7 +134,10 @@ impl BlockEngine {
     ) -> Result<BlockEngine, BlockError> {
         let registry = Registry::default();
         let plan = Arc::new(Plan::build(cfg, 1, &registry)?);
-        let kv = Arc::new(KvStore::open(&plan.config.kv_path)?);
+        let kv = Arc::new(match opts.kv_database {
+            Some(db) => KvStore::shared(db)?,
+            None => KvStore::open(&plan.config.kv_path)?,
+        });
         if let Err(e) = kv.purge_expired() {
             tracing::warn!(target: "moonwire::blocks", "kv purge at start failed: {e}");
         }

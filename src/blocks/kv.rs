@@ -130,7 +130,7 @@ fn full_key(ns: &str, key: &[u8]) -> Vec<u8> {
 }
 
 pub struct KvStore {
-    db: Database,
+    db: std::sync::Arc<Database>,
 }
 
 impl std::fmt::Debug for KvStore {
@@ -161,8 +161,17 @@ impl KvStore {
         Self::init(db)
     }
 
-    fn init(db: Database) -> Result<KvStore, KvError> {
+    /// A store in an already open database (the broker's own store file), in its own table.
+    pub fn shared(db: std::sync::Arc<Database>) -> Result<KvStore, KvError> {
         let store = KvStore { db };
+        store.write(|_| Ok(()))?;
+        Ok(store)
+    }
+
+    fn init(db: Database) -> Result<KvStore, KvError> {
+        let store = KvStore {
+            db: std::sync::Arc::new(db),
+        };
         // Create the table up front so read transactions never see it missing.
         store.write(|_| Ok(()))?;
         Ok(store)

@@ -63,6 +63,10 @@ pub enum StoreError {
         "cannot open the store {path}: {reason} (refusing to start; move the file away to start empty)"
     )]
     Open { path: PathBuf, reason: String },
+    #[error(
+        "the store {path} is in use by another process (is another moonwire running with the same storage.data_dir?)"
+    )]
+    Locked { path: PathBuf },
     #[error("{path} is not a moonwire store ({found}); refusing to use it")]
     Foreign { path: PathBuf, found: String },
     #[error("store {path}: corrupt {what}: {reason}")]
@@ -254,10 +258,17 @@ impl Store {
             path: path.clone(),
             reason: e.to_string(),
         };
-        let db = if existed {
-            Database::open(&path).map_err(|e| open_err(&e))?
+        let opened = if existed {
+            Database::open(&path)
         } else {
-            Database::create(&path).map_err(|e| open_err(&e))?
+            Database::create(&path)
+        };
+        let db = match opened {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked { path });
+            }
+            Err(e) => return Err(open_err(&e)),
         };
         let db = Arc::new(db);
         check_format(&db, &path, existed)?;
@@ -717,6 +728,11 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The database, for the blocks' `kv` table (one file for everything durable).
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
     }
 
     fn db(&self) -> Result<&Database, StoreError> {

@@ -134,6 +134,7 @@ pub fn start(cfg: BlocksConfig, publisher: Arc<dyn Publisher>) -> BlockEngine {
         cfg,
         publisher,
         EngineOptions {
+            kv_database: None,
             extensions: vec![Arc::new(TestSleep)],
         },
     )
