@@ -408,10 +408,36 @@ fn restore(broker: &Arc<Broker>, restored: crate::store::Restored) {
         let payload = &m.publish.payload;
         broker.retained.set(&topic, payload, m.qos, m.props, now);
     }
-    for (client, filters, expires_in) in restored.sessions {
-        let paths = filters.into_iter().map(|f| f.path).collect();
+    for s in restored.sessions {
+        let client = s.client_id;
+        let paths = s.filters.into_iter().map(|f| f.path).collect();
         broker.registry.save_filters(&client, paths);
-        if let Some(after) = expires_in {
+        if let Some(will) = s.will {
+            match crate::store::record::decode_message(&will.message) {
+                Ok(m) => {
+                    let msg = crate::pipeline::Message {
+                        topic: m.topic(),
+                        payload: m.publish.payload.clone(),
+                        qos: m.qos,
+                        retain: m.publish.retain,
+                        props: m
+                            .props
+                            .map(crate::mqtt::session::props_from_router)
+                            .unwrap_or_default(),
+                        origin: crate::pipeline::Origin {
+                            client_id: client.clone(),
+                            username: will.username,
+                            hop: 0,
+                        },
+                        received_at: m.stored_at_ms,
+                    };
+                    let delay = Duration::from_millis(will.fire_at_ms.saturating_sub(now));
+                    crate::mqtt::session::schedule_will(broker.clone(), msg, delay);
+                }
+                Err(e) => tracing::warn!(client, error = %e, "dropping an unreadable pending will"),
+            }
+        }
+        if let Some(after) = s.expires_in {
             crate::mqtt::session::schedule_expiry(broker.clone(), client, after);
         }
     }

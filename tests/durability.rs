@@ -1287,3 +1287,74 @@ async fn interrupted_replay_resumes_where_it_stopped() {
         .expect("live message after the interrupted replay");
     assert_eq!(text(&live.payload), "live");
 }
+
+/// v5 CONNECT with a QoS 1 will delayed by `delay` seconds and the given session expiry.
+fn connect_with_delayed_will(
+    id: &str,
+    expiry: u32,
+    delay: u32,
+    topic: &str,
+    msg: &[u8],
+) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02 | 0x04 | 0x08, 0, 0];
+    body.push(5);
+    body.push(0x11);
+    body.extend_from_slice(&expiry.to_be_bytes());
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    body.push(5);
+    body.push(0x18);
+    body.extend_from_slice(&delay.to_be_bytes());
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    body.extend_from_slice(msg);
+    raw::packet(0x10, &body)
+}
+
+/// A delayed will pending when the broker dies is published after the restart, once, when
+/// its delay is up [MQTT-3.1.3-9]; one whose client came back after the restart is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_delayed_will_survives_restart() {
+    let mut b = Broker::new("batch");
+    b.start().await;
+    for id in ["will-gone", "will-back"] {
+        let mut c = raw::Conn::open(b.addr()).await;
+        let topic = format!("durable/will/{id}");
+        c.send(&connect_with_delayed_will(id, 3600, 4, &topic, b"lost"))
+            .await;
+        let (first, body) = c.read(WAIT).await.expect("CONNACK");
+        assert_eq!((first, body[1]), (0x20, 0));
+        // Dropped without DISCONNECT: the will is due 4 s later.
+        drop(c);
+        b.wait_offline(id).await;
+    }
+    let gone = Instant::now();
+    // Let the store commit the pending wills, then crash.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.kill9();
+    b.start().await;
+    let (mut s, _) = v4_connect(b.mqtt, "will-watcher", true).await;
+    s.subscribe("durable/will/#", QoS::AtLeastOnce).await;
+    let (back, _) = raw_connect_v5(b.addr(), "will-back", false, 3600).await;
+    let p = s
+        .next_publish_within(Duration::from_secs(8))
+        .await
+        .expect("the pending will after the restart");
+    assert_eq!(
+        (p.topic.clone(), text(&p.payload)),
+        ("durable/will/will-gone".to_string(), "lost".to_string())
+    );
+    assert!(
+        gone.elapsed() >= Duration::from_millis(3500),
+        "published before its delay: {:?}",
+        gone.elapsed()
+    );
+    assert!(
+        s.next_publish_within(Duration::from_secs(2))
+            .await
+            .is_none(),
+        "the will of the client that came back, or a second copy"
+    );
+    drop(back);
+}

@@ -16,7 +16,7 @@
 pub mod record;
 mod writer;
 
-pub use record::{SessionRecord, StoredFilter, StoredMessage};
+pub use record::{PendingWill, SessionRecord, StoredFilter, StoredMessage};
 pub use writer::Fsync;
 
 use parking_lot::{Mutex, RwLock};
@@ -197,8 +197,8 @@ impl OfflineIndex {
 /// What the store had at startup.
 pub struct Restored {
     pub retained: Vec<StoredMessage>,
-    /// Offline sessions: client id, filters, seconds until they expire (`None`: never).
-    pub sessions: Vec<(String, Vec<StoredFilter>, Option<Duration>)>,
+    /// Offline sessions.
+    pub sessions: Vec<RestoredSession>,
     pub queued: u64,
 }
 
@@ -215,6 +215,15 @@ pub struct Queued {
     pub record: Arc<QueueRecord>,
     pub seq: u64,
     pub message: StoredMessage,
+}
+
+/// An offline session read back at startup.
+pub struct RestoredSession {
+    pub client_id: String,
+    pub filters: Vec<StoredFilter>,
+    /// Time left until it expires (`None`: never).
+    pub expires_in: Option<Duration>,
+    pub will: Option<PendingWill>,
 }
 
 /// What a connecting client resumes.
@@ -432,6 +441,7 @@ impl Store {
                     expiry,
                     disconnected_at_ms: None,
                     filters: filters.clone(),
+                    will: None,
                 };
                 ops.push(session_op(client, &record));
                 sessions.insert(
@@ -490,6 +500,21 @@ impl Store {
         s.store_only = store_only;
         index.add(&Arc::from(client), &s.record.filters, &s.stats);
         self.offline_filters.store(index.len(), Relaxed);
+        let op = session_op(client, &s.record);
+        drop(sessions);
+        drop(self.submit(vec![op]));
+    }
+
+    /// Records (or, with `None`, clears) the delayed will of an offline session.
+    pub fn set_pending_will(&self, client: &str, will: Option<PendingWill>) {
+        let mut sessions = self.sessions.lock();
+        let Some(s) = sessions.get_mut(client) else {
+            return;
+        };
+        if s.record.will.is_none() && will.is_none() {
+            return;
+        }
+        s.record.will = will;
         let op = session_op(client, &s.record);
         drop(sessions);
         drop(self.submit(vec![op]));
@@ -866,11 +891,12 @@ fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
                     ended.push(client);
                     continue;
                 }
-                at => restored.sessions.push((
-                    client.clone(),
-                    record.filters.clone(),
-                    at.map(|at| Duration::from_millis(at - now)),
-                )),
+                at => restored.sessions.push(RestoredSession {
+                    client_id: client.clone(),
+                    filters: record.filters.clone(),
+                    expires_in: at.map(|at| Duration::from_millis(at - now)),
+                    will: record.will.clone(),
+                }),
             }
             sessions.insert(
                 client,

@@ -185,6 +185,20 @@ pub struct SessionRecord {
     /// When the client went away; `None` while it is connected.
     pub disconnected_at_ms: Option<u64>,
     pub filters: Vec<StoredFilter>,
+    /// A will waiting for its delay interval when the client went away.
+    #[serde(default)]
+    pub will: Option<PendingWill>,
+}
+
+/// A delayed will, kept so that a restart neither loses nor repeats it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingWill {
+    /// A message record ([`message_record`]).
+    pub message: Vec<u8>,
+    /// When it is due, in unix milliseconds.
+    pub fire_at_ms: u64,
+    /// The client's login, for the ACL check when it is published.
+    pub username: Option<String>,
 }
 
 impl SessionRecord {

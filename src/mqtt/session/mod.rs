@@ -583,6 +583,26 @@ async fn run_connected<R, W>(
     drop(registration.done);
 }
 
+/// Publishes a will after `delay` (now when zero), unless its client comes back first
+/// [MQTT-3.1.3-9]; clears it from the store once published.
+pub fn schedule_will(broker: Arc<Broker>, msg: Message, delay: Duration) {
+    let client_id = msg.origin.client_id.clone();
+    let cancel = (!delay.is_zero()).then(|| broker.registry.pending_will(&client_id));
+    tokio::spawn(async move {
+        if let Some(cancel) = cancel {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = broker.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        broker.publish(msg).await;
+        if let Some(store) = &broker.store {
+            store.set_pending_will(&client_id, None);
+        }
+    });
+}
+
 /// Ends the offline session of `client_id` after `after`, unless the client comes back first.
 pub fn schedule_expiry(broker: Arc<Broker>, client_id: String, after: Duration) {
     let cancel = broker.registry.pending_expiry(&client_id);

@@ -439,17 +439,20 @@ where
             },
             received_at: now_ms(),
         };
-        let broker = self.broker.clone();
-        let cancel = (delay > 0).then(|| broker.registry.pending_will(&self.client_id));
-        tokio::spawn(async move {
-            if let Some(cancel) = cancel {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = broker.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(delay as u64)) => {}
-                }
+        // A delayed will of a session that outlives the connection survives a restart.
+        if let (true, Some(store)) = (delay > 0 && self.router_persistent, &self.broker.store) {
+            let props = props_to_router(&msg.props);
+            if let Ok(frame) =
+                crate::store::record::encode_frame(&msg.topic, &msg.payload, msg.retain, props)
+            {
+                let will = crate::store::PendingWill {
+                    message: crate::store::record::message_record(msg.qos, msg.received_at, &frame),
+                    fire_at_ms: msg.received_at + delay as u64 * 1000,
+                    username: self.username.clone(),
+                };
+                store.set_pending_will(&self.client_id, Some(will));
             }
-            broker.publish(msg).await;
-        });
+        }
+        super::schedule_will(self.broker.clone(), msg, Duration::from_secs(delay as u64));
     }
 }
