@@ -1358,3 +1358,48 @@ async fn pending_delayed_will_survives_restart() {
     );
     drop(back);
 }
+
+/// Per-session queue limits: beyond `max_queued_messages` an offline session gets nothing
+/// more queued in the store; the overflow is counted per client in `/api/sessions` and in
+/// `/metrics`, and the store's gauge shows what is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_queue_limits_are_counted_per_client() {
+    let b = common::TestBroker::start_with(|c| {
+        c.storage.max_queued_messages = 5;
+    })
+    .await;
+    let (mut s, _) = v4_connect(b.port(), "limited", false).await;
+    s.subscribe("durable/limit", QoS::AtLeastOnce).await;
+    v4_disconnect(s).await;
+    let http = b.running().http.expect("http");
+    let offline = || async {
+        let (_, body) = common::http_get(http, "/api/sessions").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["sessions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["client_id"] == "limited").cloned())
+    };
+    let deadline = Instant::now() + WAIT;
+    while offline().await.is_none_or(|s| s["online"] == true) {
+        assert!(Instant::now() < deadline, "session never went offline");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut p, _) = v4_connect(b.port(), "limit-pub", true).await;
+    for i in 0..8 {
+        p.publish_acked("durable/limit", false, format!("{i}"))
+            .await;
+    }
+    let s = offline().await.expect("session listed");
+    assert_eq!(s["queued_messages"], 5, "{s}");
+    assert_eq!(s["overflow"], 3, "{s}");
+    assert_eq!(s["filters"], serde_json::json!(["durable/limit"]));
+    let metrics = b.metrics().await;
+    assert!(
+        metrics.contains("moonwire_store_queue_overflow_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("moonwire_store_queued_messages 5"),
+        "{metrics}"
+    );
+}
