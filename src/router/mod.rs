@@ -269,9 +269,52 @@ pub fn peek_publish(frame: &[u8]) -> Option<(QoS, u16)> {
 /// and cannot forge it (the edge rebuilds every publish it routes).
 pub const QOS0_MARK: u8 = 0x08;
 
+/// Prefix of topics and filters whose first byte the router cannot take. rumqttd's topic
+/// matcher slices `topic[..1]` and panics (killing the router thread, so routing stops for
+/// everyone) when the topic starts with a multi-byte character such as `ü` or `温`. Such names
+/// enter the router with this prefix, and a name already starting with it gets a second one,
+/// so the mapping is reversible and clients cannot collide with it.
+const ESCAPE: u8 = 0x01;
+
+fn needs_escape(name: &[u8]) -> bool {
+    name.first().is_some_and(|&b| b >= 0x80 || b == ESCAPE)
+}
+
+fn escaped(name: &str) -> std::borrow::Cow<'_, str> {
+    if needs_escape(name.as_bytes()) {
+        let mut s = String::with_capacity(name.len() + 1);
+        s.push(ESCAPE as char);
+        s.push_str(name);
+        s.into()
+    } else {
+        name.into()
+    }
+}
+
+/// A subscription filter as the router must see it (see [`ESCAPE`]); the filter part of a
+/// shared subscription is escaped the same way.
+pub fn router_filter(filter: &str) -> String {
+    if let Some((group, inner)) = filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        return format!("$share/{group}/{}", escaped(inner));
+    }
+    escaped(filter).into_owned()
+}
+
+/// The client's topic of a publish the router delivers (undoes [`ESCAPE`]).
+pub fn client_topic(publish: &mut Publish) {
+    if publish.topic.first() == Some(&ESCAPE) {
+        let _ = publish.topic.split_to(1);
+    }
+}
+
 /// The form in which a message enters the router: QoS 0, packet id 0, one exact-size buffer,
 /// and the [`QOS0_MARK`] when it was published at QoS 0.
 pub fn route_publish(topic: &str, payload: &[u8], retain: bool, published_at: QoS) -> Publish {
+    let topic = escaped(topic);
+    let topic = topic.as_ref();
     let mut o = BytesMut::with_capacity(5 + topic.len() + payload.len());
     let mark = if published_at == QoS::AtMostOnce {
         QOS0_MARK
@@ -317,6 +360,23 @@ mod tests {
         // QoS 1, topic "a/b", packet id 42.
         let wire = [0x32, 0x08, 0, 3, b'a', b'/', b'b', 0, 42, b'x'];
         assert_eq!(peek_publish(&wire), Some((QoS::AtLeastOnce, 42)));
+    }
+
+    #[test]
+    fn names_the_router_cannot_take_are_escaped_reversibly() {
+        for (topic, routed) in [
+            ("a/b", "a/b"),
+            ("über/x", "\u{1}über/x"),
+            ("\u{1}x", "\u{1}\u{1}x"),
+        ] {
+            let mut p = route_publish(topic, b"", false, QoS::AtLeastOnce);
+            assert_eq!(&p.topic[..], routed.as_bytes());
+            client_topic(&mut p);
+            assert_eq!(&p.topic[..], topic.as_bytes());
+        }
+        assert_eq!(router_filter("温度/#"), "\u{1}温度/#");
+        assert_eq!(router_filter("$share/g/ü/+"), "$share/g/\u{1}ü/+");
+        assert_eq!(router_filter("+/x"), "+/x");
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl Replay {
 
 fn to_router_filter(f: &StoredFilter) -> Filter {
     Filter {
-        path: f.path.clone(),
+        path: crate::router::router_filter(&f.path),
         qos: qos_from(f.qos),
         nolocal: f.no_local,
         preserve_retain: f.retain_as_published,

@@ -989,7 +989,13 @@ where
             let id = props.as_ref().and_then(|p| p.id);
             self.pending_retained.insert(sub.pkid, (retained, id));
         }
-        sub.filters = accepted;
+        sub.filters = accepted
+            .into_iter()
+            .map(|mut f| {
+                f.path = crate::router::router_filter(&f.path);
+                f
+            })
+            .collect();
         self.to_router.push_back(Packet::Subscribe(sub, props));
     }
 
@@ -1039,6 +1045,10 @@ where
         // The router acks each filter it removed, and only those; answer after the last.
         self.pending_unsuback
             .insert(unsub.pkid, (expected, reasons));
+        let mut unsub = unsub;
+        for f in unsub.filters.iter_mut() {
+            *f = crate::router::router_filter(f);
+        }
         self.to_router.push_back(Packet::Unsubscribe(unsub, props));
     }
 }

@@ -84,6 +84,7 @@ where
         let Packet::Publish(mut publish, mut props) = p else {
             return (p, fate);
         };
+        crate::router::client_topic(&mut publish);
         let meta = crate::mqtt::interest::take_meta(&mut props);
         let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
         let matches = |set: &HashSet<String>| {
