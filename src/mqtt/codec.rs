@@ -1,7 +1,9 @@
 //! Bytes ↔ packets for one connection: framing with our own size checks, protocol level
 //! detection from CONNECT, and rumqttd's v4/v5 codecs for the packet bodies.
 
-use crate::router::protocol::{self, Packet, Protocol, QoS, V4, V5};
+use crate::router::protocol::{
+    self, Disconnect, DisconnectReasonCode, Packet, Protocol, QoS, V4, V5,
+};
 use bytes::BytesMut;
 use std::panic::AssertUnwindSafe;
 
@@ -138,6 +140,24 @@ impl Codec {
             buf.reserve(wire_len - buf.len());
             return Ok(None);
         }
+        let body = &buf[hlen..wire_len];
+        check_body(kind, body, self.version)?;
+        if kind == 14 && self.version == Version::V5 && rlen == 1 {
+            // Reason code without a property length is well-formed [§3.14.2.2.1]; rumqttd's
+            // reader wants the length byte.
+            let reason = disconnect_reason(body[0]);
+            let _ = buf.split_to(wire_len);
+            return Ok(Some(Frame {
+                packet: Packet::Disconnect(
+                    Disconnect {
+                        reason_code: reason,
+                    },
+                    None,
+                ),
+                publish_meta: None,
+                wire_len,
+            }));
+        }
         let publish_meta = if kind == 3 {
             Some(
                 crate::router::peek_publish(&buf[..wire_len]).ok_or_else(|| {
@@ -252,5 +272,87 @@ mod tests {
             let mut buf = BytesMut::from(bytes);
             assert!(codec.decode(&mut buf).is_err(), "{bytes:?}");
         }
+    }
+}
+
+/// Checks rumqttd's readers skip: reserved bits and fields the specification makes malformed.
+fn check_body(kind: u8, body: &[u8], version: Version) -> Result<(), CodecError> {
+    let bad = |why: &str| Err(CodecError::Malformed(why.into()));
+    match kind {
+        1 => {
+            // Protocol name (2 + 4 bytes), level, then the flags.
+            let Some(&flags) = body.get(7) else {
+                return Ok(());
+            };
+            if flags & 0x01 != 0 {
+                return bad("reserved CONNECT flag set [MQTT-3.1.2-3]");
+            }
+            if version == Version::V311 && flags & 0x40 != 0 && flags & 0x80 == 0 {
+                return bad("password flag without the user name flag [MQTT-3.1.2-22]");
+            }
+        }
+        8 | 10 => {
+            if body.get(..2) == Some(&[0, 0]) {
+                return bad("packet identifier 0 [MQTT-2.2.1-3]");
+            }
+            let mut at = 2;
+            if version == Version::V5 {
+                let (len, n) = varint(body.get(at..).unwrap_or_default())?;
+                at += n + len;
+            }
+            if at >= body.len() {
+                return bad("no topic filter [MQTT-3.8.3-3] [MQTT-3.10.3-2]");
+            }
+            if kind == 8 {
+                let reserved = match version {
+                    Version::V5 => 0xC0,
+                    Version::V311 => 0xFC,
+                };
+                while at + 2 <= body.len() {
+                    let len = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+                    let Some(&options) = body.get(at + 2 + len) else {
+                        break;
+                    };
+                    if options & reserved != 0 {
+                        return bad("reserved subscription option bits set [MQTT-3.8.3-5]");
+                    }
+                    at += 3 + len;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A variable byte integer: (value, bytes used).
+fn varint(b: &[u8]) -> Result<(usize, usize), CodecError> {
+    let mut v = 0usize;
+    for (i, &byte) in b.iter().take(4).enumerate() {
+        v |= ((byte & 0x7F) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok((v, i + 1));
+        }
+    }
+    Err(CodecError::Malformed("bad variable byte integer".into()))
+}
+
+fn disconnect_reason(code: u8) -> DisconnectReasonCode {
+    match code {
+        0x00 => DisconnectReasonCode::NormalDisconnection,
+        0x04 => DisconnectReasonCode::DisconnectWithWillMessage,
+        0x80 => DisconnectReasonCode::UnspecifiedError,
+        0x81 => DisconnectReasonCode::MalformedPacket,
+        0x82 => DisconnectReasonCode::ProtocolError,
+        0x83 => DisconnectReasonCode::ImplementationSpecificError,
+        0x90 => DisconnectReasonCode::TopicNameInvalid,
+        0x93 => DisconnectReasonCode::ReceiveMaximumExceeded,
+        0x94 => DisconnectReasonCode::TopicAliasInvalid,
+        0x95 => DisconnectReasonCode::PacketTooLarge,
+        0x96 => DisconnectReasonCode::MessageRateTooHigh,
+        0x97 => DisconnectReasonCode::QuotaExceeded,
+        0x98 => DisconnectReasonCode::AdministrativeAction,
+        0x99 => DisconnectReasonCode::PayloadFormatInvalid,
+        _ => DisconnectReasonCode::UnspecifiedError,
     }
 }

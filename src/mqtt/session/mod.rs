@@ -351,6 +351,14 @@ async fn run_connected<R, W>(
         return;
     }
     let peer = meta.peer;
+    if let Some((code, why)) = connect_violation(&info.will, &info.props, v5) {
+        broker.metrics.dropped(DropReason::Protocol, 1);
+        if v5 {
+            let _ = refuse_connect(&mut io, &codec, refuse(code), why).await;
+        }
+        tracing::debug!(%peer, why, "CONNECT refused");
+        return;
+    }
     if info
         .props
         .as_ref()
@@ -660,6 +668,39 @@ fn unavailable(v5: bool) -> ConnectReturnCode {
     }
 }
 
+/// What a well-formed CONNECT may still get wrong: a will topic that is not a topic name
+/// [MQTT-3.1.3-11] [MQTT-4.7.3-1], and v5 properties with values the specification forbids
+/// (Receive Maximum or Maximum Packet Size 0, Request Problem/Response Information above 1,
+/// Authentication Data without a method).
+fn connect_violation(
+    will: &Option<Will>,
+    props: &Option<ConnectProperties>,
+    v5: bool,
+) -> Option<(ConnectReturnCode, &'static str)> {
+    if let Some((will, _)) = will {
+        let ok = std::str::from_utf8(&will.topic)
+            .is_ok_and(|t| !t.is_empty() && !t.contains(['+', '#', '\0']));
+        if !ok {
+            let code = if v5 {
+                ConnectReturnCode::TopicNameInvalid
+            } else {
+                ConnectReturnCode::ServiceUnavailable
+            };
+            return Some((code, "the will topic is not a valid topic name"));
+        }
+    }
+    let p = props.as_ref()?;
+    let bad = p.receive_maximum == Some(0)
+        || p.max_packet_size == Some(0)
+        || p.request_problem_info.is_some_and(|v| v > 1)
+        || p.request_response_info.is_some_and(|v| v > 1)
+        || (p.authentication_data.is_some() && p.authentication_method.is_none());
+    bad.then_some((
+        ConnectReturnCode::ProtocolError,
+        "a CONNECT property has a value the protocol forbids",
+    ))
+}
+
 fn valid_client_id(id: &str) -> bool {
     id != INTERNAL_CLIENT_ID && !id.contains(['+', '#', '/', '$']) && !id.contains('\0')
 }
@@ -846,6 +887,16 @@ where
                 Ok(())
             }
             Packet::Subscribe(sub, props) => {
+                if self.codec.version == Version::V5
+                    && sub
+                        .filters
+                        .iter()
+                        .any(|f| f.nolocal && f.path.starts_with("$share/"))
+                {
+                    return Err(SessionError::Protocol(
+                        "No Local on a shared subscription [MQTT-3.8.3-4]",
+                    ));
+                }
                 self.handle_subscribe(sub, props).await;
                 Ok(())
             }

@@ -86,7 +86,21 @@ where
         pkid: u16,
     ) -> Result<Admit, SessionError> {
         let mut publish = publish;
-        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+        if props
+            .as_ref()
+            .is_some_and(|p| !p.subscription_identifiers.is_empty())
+        {
+            return Err(SessionError::Protocol(
+                "a PUBLISH from a client carries a Subscription Identifier [MQTT-3.3.4-6]",
+            ));
+        }
+        let alias = props.as_ref().and_then(|p| p.topic_alias);
+        if publish.topic.is_empty() && alias.is_none() && self.codec.version == Version::V5 {
+            return Err(SessionError::Protocol(
+                "empty topic name without a topic alias [MQTT-3.3.2-8]",
+            ));
+        }
+        if let Some(alias) = alias {
             // Resolved before any stage sees the topic [MQTT-3.3.2-7..12].
             if alias == 0 || alias > TOPIC_ALIAS_MAX {
                 return Err(SessionError::TopicAliasInvalid);
