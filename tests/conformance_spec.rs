@@ -1704,7 +1704,6 @@ async fn suback_has_a_code_per_filter_in_order() {
 /// delivery, at the new QoS); [MQTT-3.8.4-4] (v5) with Retain Handling 0 the retained message
 /// is sent again; [MQTT-3.3.1-9] (v5) retained messages are sent on subscribe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: after re-subscribing at QoS 0 (SUBACK 0x00, retained message sent again) live messages still arrive at QoS 1"]
 async fn identical_subscription_replaces_the_old_one() {
     let b = TestBroker::start().await;
     let mut p = open5(&b, "rep-p").await;

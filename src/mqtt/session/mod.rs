@@ -1040,6 +1040,24 @@ where
             let id = props.as_ref().and_then(|p| p.id);
             self.pending_retained.insert(sub.pkid, (retained, id));
         }
+        // The router keeps the first subscription's options for a filter subscribed again;
+        // an identical filter must replace them [MQTT-3.8.4-3]. Unsubscribing first, in the
+        // same batch, makes the router apply the new ones (its UNSUBACK, packet id 0, is not
+        // forwarded).
+        let again: Vec<String> = accepted
+            .iter()
+            .filter(|f| !news.contains(&f.path))
+            .map(|f| crate::router::router_filter(&f.path))
+            .collect();
+        if !again.is_empty() {
+            self.to_router.push_back(Packet::Unsubscribe(
+                Unsubscribe {
+                    pkid: 0,
+                    filters: again,
+                },
+                None,
+            ));
+        }
         sub.filters = accepted
             .into_iter()
             .map(|mut f| {
