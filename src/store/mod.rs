@@ -232,8 +232,6 @@ pub struct Resume {
     /// The store held the session and the router does not: the session is present even
     /// though the router says otherwise, and its filters must be subscribed again.
     pub restored: Option<Vec<StoredFilter>>,
-    /// Queued messages to deliver first, oldest first.
-    pub replay: Vec<Queued>,
     /// Incoming QoS 2 packet ids that were waiting for PUBREL.
     pub qos2: Vec<u16>,
 }
@@ -416,11 +414,16 @@ impl Store {
     ) -> Result<Resume, StoreError> {
         let (ticket, resumed, store_only, filters) = {
             let mut index = self.offline.write();
-            index.remove(client);
-            self.offline_filters.store(index.len(), Relaxed);
             let mut sessions = self.sessions.lock();
             let prev = sessions.remove(client);
             let resumed = !clean && prev.is_some();
+            // A session only the store holds keeps collecting messages until its
+            // subscriptions are back in the router (`finish_resume`); otherwise nothing
+            // published in between would reach it.
+            if !(resumed && prev.as_ref().is_some_and(|p| p.store_only)) {
+                index.remove(client);
+                self.offline_filters.store(index.len(), Relaxed);
+            }
             let mut ops = Vec::new();
             let (store_only, filters, stats) = match prev {
                 Some(p) if resumed => (p.store_only, p.record.filters, p.stats),
@@ -463,10 +466,25 @@ impl Store {
             resume.qos2 = self.read_qos2(client)?;
         }
         if resumed && store_only {
-            resume.replay = self.read_queue(client)?;
             resume.restored = Some(filters);
         }
         Ok(resume)
+    }
+
+    /// A session restored from the store has its subscriptions in the router again (the
+    /// SUBSCRIBE is in the router's queue, ahead of any publish routed from now on): stop
+    /// queueing for it and return what was queued, oldest first. A message published in
+    /// between may arrive twice (queued and routed), none is lost.
+    pub async fn finish_resume(&self, client: &str) -> Result<Vec<Queued>, StoreError> {
+        let ticket = {
+            let mut index = self.offline.write();
+            index.remove(client);
+            self.offline_filters.store(index.len(), Relaxed);
+            // Ordered after every capture that saw the session offline.
+            self.submit(vec![])
+        };
+        ticket.wait().await?;
+        self.read_queue(client)
     }
 
     /// Subscriptions of a persistent session changed; the new set is stored.

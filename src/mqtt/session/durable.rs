@@ -197,10 +197,6 @@ where
         receive_max: u16,
     ) -> Result<(), SessionError> {
         self.qos2_incoming.extend(resume.qos2);
-        for q in &resume.replay {
-            *self.replay.records.entry(q.record.key.clone()).or_default() += 1;
-        }
-        self.replay.pending = resume.replay.into_iter().map(EdgeMessage::from).collect();
         self.replay.window = REPLAY_WINDOW.min(receive_max.max(1) as usize);
         self.replay.next_pkid = REPLAY_BASE;
         let Some(filters) = resume.restored else {
@@ -232,6 +228,18 @@ where
         }
         self.internal_subacks = batch.len();
         link.send_batch(&mut batch).await?;
+        if let Some(store) = self.broker.store.clone() {
+            let replay = store
+                .finish_resume(&self.client_id)
+                .await
+                .map_err(|e| SessionError::Store(e.to_string()))?;
+            for q in &replay {
+                *self.replay.records.entry(q.record.key.clone()).or_default() += 1;
+            }
+            self.replay
+                .pending
+                .extend(replay.into_iter().map(EdgeMessage::from));
+        }
         Ok(())
     }
 
