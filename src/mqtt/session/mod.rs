@@ -739,7 +739,7 @@ where
                         Some(c) => c.wait().await,
                         None => std::future::pending().await,
                     }
-                } => {
+                }, if behind => {
                     r?;
                     self.write_committed(&mut commits).await?;
                 }

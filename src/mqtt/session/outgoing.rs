@@ -85,7 +85,14 @@ where
             return (p, fate);
         };
         crate::router::client_topic(&mut publish);
+        if props.is_none() {
+            // Nothing reserved can be on it; the common case costs nothing more.
+            return (Packet::Publish(publish, props), fate);
+        }
         let meta = crate::mqtt::interest::take_meta(&mut props);
+        if meta == Default::default() {
+            return (Packet::Publish(publish, props), fate);
+        }
         let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
         let matches = |set: &HashSet<String>| {
             set.iter()
