@@ -213,68 +213,6 @@ fn strip_properties(packet: Packet) -> Packet {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn connect_bytes(level: u8) -> Vec<u8> {
-        let mut v = vec![
-            0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', level, 2, 0, 60, 0, 0,
-        ];
-        v[1] = (v.len() - 2) as u8;
-        v
-    }
-
-    #[test]
-    fn detects_versions() {
-        assert_eq!(
-            detect_version(&connect_bytes(4), 1024),
-            Ok(Some(Version::V311))
-        );
-        assert_eq!(
-            detect_version(&connect_bytes(5), 1024),
-            Ok(Some(Version::V5))
-        );
-        assert_eq!(
-            detect_version(&connect_bytes(3), 1024),
-            Err(CodecError::UnsupportedVersion(3))
-        );
-        assert_eq!(detect_version(&connect_bytes(4)[..5], 1024), Ok(None));
-        assert!(detect_version(b"GET / HTTP/1.1\r\n", 1024).is_err());
-    }
-
-    #[test]
-    fn huge_remaining_length_is_refused_before_the_body_arrives() {
-        let codec = Codec::new(Version::V311, 1 << 20);
-        // PUBLISH claiming 256 MB.
-        let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0xFF, 0xFF, 0x7F][..]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(CodecError::TooLarge { .. })
-        ));
-        let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0xFF, 0xFF, 0xFF, 0x01][..]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(CodecError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn garbage_is_malformed_not_a_panic() {
-        let codec = Codec::new(Version::V5, 1 << 20);
-        for bytes in [
-            &[0x00u8, 0x00][..],
-            &[0x82, 0x02, 0x00, 0x01],
-            &[0x31, 0x01, 0xFF],
-            &[0x82, 0x03, 0x00, 0x01, 0x00],
-            &[0xF0, 0x00],
-        ] {
-            let mut buf = BytesMut::from(bytes);
-            assert!(codec.decode(&mut buf).is_err(), "{bytes:?}");
-        }
-    }
-}
-
 /// Checks rumqttd's readers skip: reserved bits and fields the specification makes malformed.
 fn check_body(kind: u8, body: &[u8], version: Version) -> Result<(), CodecError> {
     let bad = |why: &str| Err(CodecError::Malformed(why.into()));
@@ -354,5 +292,67 @@ fn disconnect_reason(code: u8) -> DisconnectReasonCode {
         0x98 => DisconnectReasonCode::AdministrativeAction,
         0x99 => DisconnectReasonCode::PayloadFormatInvalid,
         _ => DisconnectReasonCode::UnspecifiedError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_bytes(level: u8) -> Vec<u8> {
+        let mut v = vec![
+            0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', level, 2, 0, 60, 0, 0,
+        ];
+        v[1] = (v.len() - 2) as u8;
+        v
+    }
+
+    #[test]
+    fn detects_versions() {
+        assert_eq!(
+            detect_version(&connect_bytes(4), 1024),
+            Ok(Some(Version::V311))
+        );
+        assert_eq!(
+            detect_version(&connect_bytes(5), 1024),
+            Ok(Some(Version::V5))
+        );
+        assert_eq!(
+            detect_version(&connect_bytes(3), 1024),
+            Err(CodecError::UnsupportedVersion(3))
+        );
+        assert_eq!(detect_version(&connect_bytes(4)[..5], 1024), Ok(None));
+        assert!(detect_version(b"GET / HTTP/1.1\r\n", 1024).is_err());
+    }
+
+    #[test]
+    fn huge_remaining_length_is_refused_before_the_body_arrives() {
+        let codec = Codec::new(Version::V311, 1 << 20);
+        // PUBLISH claiming 256 MB.
+        let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0xFF, 0xFF, 0x7F][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::TooLarge { .. })
+        ));
+        let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0xFF, 0xFF, 0xFF, 0x01][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let codec = Codec::new(Version::V5, 1 << 20);
+        for bytes in [
+            &[0x00u8, 0x00][..],
+            &[0x82, 0x02, 0x00, 0x01],
+            &[0x31, 0x01, 0xFF],
+            &[0x82, 0x03, 0x00, 0x01, 0x00],
+            &[0xF0, 0x00],
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(codec.decode(&mut buf).is_err(), "{bytes:?}");
+        }
     }
 }
