@@ -1403,3 +1403,51 @@ async fn offline_queue_limits_are_counted_per_client() {
         "{metrics}"
     );
 }
+
+/// A message queued while its session was offline, delivered by the router after an
+/// in-process resume but not acknowledged before the client dropped again, survives a
+/// `kill -9`; one the client did acknowledge is not delivered again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_copy_kept_until_the_client_acknowledges() {
+    let mut b = Broker::new("batch");
+    b.start().await;
+    offline_subscriber(&b, "resumer", "durable/ack", 1).await;
+    let (mut p, _) = raw_connect_v4(b.addr(), "ack-pub", true).await;
+    for (i, payload) in [&b"unacked"[..], b"acked"].into_iter().enumerate() {
+        p.send(&raw::publish(4, b"durable/ack", payload, 1, i as u16 + 1))
+            .await;
+        assert_eq!(p.read(WAIT).await.expect("PUBACK").0, 0x40);
+    }
+    // Resume in the same process: the router delivers both; only the second is acked.
+    let (mut s, present) = raw_connect_v4(b.addr(), "resumer", false).await;
+    assert!(present);
+    let mut got = vec![];
+    while got.len() < 2 {
+        let (first, body) = s.read(WAIT).await.expect("router deliveries");
+        assert_eq!(first & 0xF0, 0x30);
+        got.push(parse_publish_v4(first, &body));
+    }
+    let (_, pkid, payload) = got
+        .iter()
+        .find(|(_, _, p)| p == b"acked")
+        .cloned()
+        .expect("the acked message");
+    s.send(&raw::packet(0x40, &pkid.to_be_bytes())).await;
+    assert_eq!(text(&payload), "acked");
+    // Give the ack time to reach the store, then drop without DISCONNECT and crash.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    b.wait_offline("resumer").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.kill9();
+    b.start().await;
+    let (mut s, present) = raw_connect_v4(b.addr(), "resumer", false).await;
+    assert!(present, "session present after the restart");
+    let mut after = vec![];
+    while let Some((first, body)) = s.read(Duration::from_millis(1500)).await {
+        let (_, pkid, payload) = parse_publish_v4(first, &body);
+        s.send(&raw::packet(0x40, &pkid.to_be_bytes())).await;
+        after.push(text(&payload));
+    }
+    assert_eq!(after, vec!["unacked".to_string()], "after the restart");
+}

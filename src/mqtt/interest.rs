@@ -18,7 +18,9 @@ use std::sync::atomic::Ordering::Relaxed;
 pub const RESERVED_PREFIX: char = '\u{0}';
 /// Publisher's client id, added while a No Local subscription could match.
 pub const ORIGIN_KEY: &str = "\u{0}moonwire-origin";
-/// `q<qos> r<retain>` parts, each present only when needed. (Message expiry needs nothing:
+/// `q<qos> r<retain> s<seq>` parts, each present only when needed (`s`: the message's
+/// sequence in the store's offline queues, so the session that delivers it can release the
+/// stored copy when the client acknowledges it). (Message expiry needs nothing:
 /// the router timestamps what it stores and lowers or drops on delivery.)
 pub const META_KEY: &str = "\u{0}moonwire-meta";
 
@@ -73,6 +75,7 @@ pub struct Meta {
     pub origin: Option<String>,
     pub qos: Option<u8>,
     pub retain: bool,
+    pub stored: Option<u64>,
 }
 
 impl Interests {
@@ -84,6 +87,7 @@ impl Interests {
         client_id: Option<&str>,
         qos: u8,
         retain: bool,
+        stored: Option<u64>,
     ) {
         if let Some(p) = props.as_mut().filter(|p| {
             p.user_properties
@@ -99,6 +103,9 @@ impl Interests {
         }
         if retain && self.retain_as_published.matches(topic) {
             meta.push_str("r1 ");
+        }
+        if let Some(seq) = stored {
+            meta.push_str(&format!("s{seq} "));
         }
         let origin = client_id.filter(|_| self.no_local.matches(topic));
         if meta.is_empty() && origin.is_none() {
@@ -137,6 +144,7 @@ pub fn take_meta(props: &mut Option<PublishProperties>) -> Meta {
                 match part.split_at_checked(1) {
                     Some(("q", n)) => meta.qos = n.parse().ok(),
                     Some(("r", n)) => meta.retain = n == "1",
+                    Some(("s", n)) => meta.stored = n.parse().ok(),
                     _ => {}
                 }
             }
@@ -164,7 +172,7 @@ mod tests {
             ..Default::default()
         };
         let mut props = Some(forged);
-        i.tag(&mut props, "a/b", Some("me"), 1, true);
+        i.tag(&mut props, "a/b", Some("me"), 1, true, None);
         assert_eq!(
             props.as_ref().unwrap().user_properties,
             vec![("k".into(), "v".into())]
@@ -174,7 +182,7 @@ mod tests {
         i.qos2.add("a/+");
         i.retain_as_published.add("#");
         let mut props = None;
-        i.tag(&mut props, "a/b", Some("me"), 1, true);
+        i.tag(&mut props, "a/b", Some("me"), 1, true, None);
         let meta = take_meta(&mut props);
         assert_eq!(
             meta,
@@ -182,13 +190,14 @@ mod tests {
                 origin: Some("me".into()),
                 qos: Some(1),
                 retain: true,
+                stored: None,
             }
         );
         assert!(props.is_none(), "reserved keys removed, nothing else left");
 
         i.no_local.remove("a/#");
         let mut none = None;
-        i.tag(&mut none, "x/y", Some("me"), 2, false);
+        i.tag(&mut none, "x/y", Some("me"), 2, false, None);
         assert!(none.is_none(), "nothing needed, nothing added");
     }
 }

@@ -18,7 +18,7 @@ const QUEUE: usize = 4096;
 /// Sends broker-originated messages to the router.
 #[derive(Clone)]
 pub struct Internal {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<(Message, Option<u64>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -34,17 +34,17 @@ impl Internal {
             .connect(INTERNAL_CLIENT_ID.to_string(), true)
             .await?
             .link;
-        let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<(Message, Option<u64>)>(QUEUE);
         tokio::spawn(async move {
             let mut batch = VecDeque::new();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     m = rx.recv() => {
-                        let Some(m) = m else { break };
-                        batch.push_back(to_packet(&m, &interest));
-                        while let Ok(m) = rx.try_recv() {
-                            batch.push_back(to_packet(&m, &interest));
+                        let Some((m, stored)) = m else { break };
+                        batch.push_back(to_packet(&m, stored, &interest));
+                        while let Ok((m, stored)) = rx.try_recv() {
+                            batch.push_back(to_packet(&m, stored, &interest));
                         }
                         if link.send_batch(&mut batch).await.is_err() {
                             break;
@@ -63,19 +63,20 @@ impl Internal {
     }
 
     /// Queues a routed message; waits when the queue is full (backpressure on the publisher).
-    pub async fn send(&self, msg: Message) {
-        if self.tx.send(msg).await.is_err() {
+    /// `stored`: its sequence in the store's offline queues, if it was queued there.
+    pub async fn send(&self, msg: Message, stored: Option<u64>) {
+        if self.tx.send((msg, stored)).await.is_err() {
             self.metrics.dropped(DropReason::InternalQueueFull, 1);
         }
     }
 }
 
-fn to_packet(m: &Message, interest: &super::interest::Interests) -> Packet {
+fn to_packet(m: &Message, stored: Option<u64>, interest: &super::interest::Interests) -> Packet {
     // Into the router everything goes at QoS 0 and unretained: the edge owns
     // acknowledgements and retained messages; the router delivers at each subscription's QoS.
     let publish = route_publish(&m.topic, &m.payload, false, qos_from(m.qos));
     let mut props = super::session::props_to_router(&m.props);
     let origin = Some(m.origin.client_id.as_str()).filter(|_| m.origin.hop == 0);
-    interest.tag(&mut props, &m.topic, origin, m.qos, m.retain);
+    interest.tag(&mut props, &m.topic, origin, m.qos, m.retain, stored);
     Packet::Publish(publish, props)
 }

@@ -145,7 +145,7 @@ impl Broker {
         qos: u8,
         retain: bool,
         props: Option<&crate::router::protocol::PublishProperties>,
-    ) -> Option<crate::store::Ticket> {
+    ) -> Option<crate::store::Captured> {
         if retain {
             let now = crate::pipeline::now_ms();
             self.retained.set(topic, payload, qos, props.cloned(), now);
@@ -161,16 +161,18 @@ impl Broker {
         let outcome = self.pipeline.process(msg).await;
         if let Outcome::Route(m) = &outcome {
             let props = session::props_to_router(&m.props);
-            let ticket = self.capture(&m.topic, &m.payload, m.qos, m.retain, props.as_ref());
-            if let Some(Err(e)) =
-                futures_util::future::OptionFuture::from(ticket.map(|t| t.wait())).await
-            {
-                tracing::error!(topic = m.topic, error = %e, "store write failed for a broker-originated message");
+            let captured = self.capture(&m.topic, &m.payload, m.qos, m.retain, props.as_ref());
+            let mut stored = None;
+            if let Some(c) = captured {
+                stored = c.seq;
+                if let Err(e) = c.ticket.wait().await {
+                    tracing::error!(topic = m.topic, error = %e, "store write failed for a broker-originated message");
+                }
             }
             if self.pipeline.tapped(&m.topic) {
                 self.pipeline.after_publish(m);
             }
-            self.internal.send(m.clone()).await;
+            self.internal.send(m.clone(), stored).await;
         }
         outcome
     }

@@ -118,6 +118,16 @@ pub struct QueueStats {
     pub messages: AtomicU64,
     pub bytes: AtomicU64,
     pub overflow: AtomicU64,
+    /// Sequences of messages queued for this session and not yet acknowledged by its client.
+    pending: Mutex<std::collections::HashSet<u64>>,
+}
+
+/// What capturing a publish produced: the write its ack waits for, and the sequence under
+/// which it was queued for offline sessions (carried through the router, see
+/// `mqtt::interest`).
+pub struct Captured {
+    pub ticket: Ticket,
+    pub seq: Option<u64>,
 }
 
 struct SessionState {
@@ -337,7 +347,7 @@ impl Store {
         qos: u8,
         retain: bool,
         props: Option<&PublishProperties>,
-    ) -> Option<Ticket> {
+    ) -> Option<Captured> {
         let queue = qos > 0 && self.offline_filters.load(Relaxed) > 0;
         if !retain && !queue {
             return None;
@@ -370,12 +380,16 @@ impl Store {
             }
         }
         if !queue {
-            return Some(self.submit(ops));
+            return Some(Captured {
+                ticket: self.submit(ops),
+                seq: None,
+            });
         }
         // Submitted under the index lock, so a session coming online (which takes the write
         // lock, then clears its queue through the same writer) never misses or keeps a copy.
         let index = self.offline.read();
         let targets = index.matches(topic);
+        let mut seq = None;
         if !targets.is_empty() {
             let frame: Arc<[u8]> = Arc::from(&frame[..]);
             let size = frame.len() as u64;
@@ -393,14 +407,19 @@ impl Store {
                 }
                 s.messages.fetch_add(1, Relaxed);
                 s.bytes.fetch_add(size, Relaxed);
-                let seq = self.next_seq.fetch_add(1, Relaxed);
-                ops.push(Op::Enqueue(t.client.clone(), seq, q, now, frame.clone()));
+                // One sequence per message, shared by every session it is queued for.
+                let n = *seq.get_or_insert_with(|| self.next_seq.fetch_add(1, Relaxed));
+                s.pending.lock().insert(n);
+                ops.push(Op::Enqueue(t.client.clone(), n, q, now, frame.clone()));
             }
         }
         if ops.is_empty() {
             return None;
         }
-        Some(self.submit(ops))
+        Some(Captured {
+            ticket: self.submit(ops),
+            seq,
+        })
     }
 
     /// A client connected. `persistent`: its session outlives the connection. Clean start
@@ -433,12 +452,9 @@ impl Store {
                 }
                 None => (false, vec![], Arc::default()),
             };
-            if resumed && !store_only {
-                // The router holds the session and delivers what it queued itself.
-                ops.push(Op::ClearQueue(client.to_string()));
-                stats.messages.store(0, Relaxed);
-                stats.bytes.store(0, Relaxed);
-            }
+            // On an in-process resume the router delivers what it queued; the stored copies
+            // stay until the client acknowledges each one (`delivered`), so a crash before
+            // that still finds them.
             if persistent || resumed {
                 let record = SessionRecord {
                     expiry,
@@ -557,6 +573,34 @@ impl Store {
         self.submit(vec![Op::DelQos2(qos2_key(client, pkid))])
     }
 
+    /// The client acknowledged a message the router delivered, which carried store sequence
+    /// `seq`: its stored copy for this session (if any) is no longer needed. Once nothing is
+    /// pending, the session's queue records are removed.
+    pub fn delivered(&self, client: &str, seq: u64) {
+        let sessions = self.sessions.lock();
+        let Some(s) = sessions.get(client) else {
+            return;
+        };
+        let mut pending = s.stats.pending.lock();
+        if !pending.remove(&seq) {
+            return;
+        }
+        let _ = s
+            .stats
+            .messages
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        let op = if pending.is_empty() {
+            s.stats.messages.store(0, Relaxed);
+            s.stats.bytes.store(0, Relaxed);
+            Op::ClearQueue(client.to_string())
+        } else {
+            Op::Acked(client.to_string(), seq)
+        };
+        drop(pending);
+        drop(sessions);
+        drop(self.submit(vec![op]));
+    }
+
     /// A replayed message was acknowledged by the client; `record_done` when it was the last
     /// undelivered one of its record.
     pub fn replay_acked(
@@ -568,6 +612,7 @@ impl Store {
         record_done: bool,
     ) {
         if let Some(s) = self.sessions.lock().get(client) {
+            s.stats.pending.lock().remove(&seq);
             let _ = s
                 .stats
                 .messages
@@ -938,6 +983,7 @@ fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
                 let bytes: u64 = entries.iter().map(|e| e.3.len() as u64).sum();
                 s.stats.messages.fetch_add(n, Relaxed);
                 s.stats.bytes.fetch_add(bytes, Relaxed);
+                s.stats.pending.lock().extend(entries.iter().map(|e| e.0));
                 restored.queued += n;
             }
         }

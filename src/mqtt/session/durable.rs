@@ -139,9 +139,16 @@ where
         qos: u8,
         retain: bool,
         props: Option<&PublishProperties>,
-    ) {
-        if let Some(t) = self.broker.capture(topic, payload, qos, retain, props) {
-            self.tickets.push(t);
+    ) -> Option<u64> {
+        let c = self.broker.capture(topic, payload, qos, retain, props)?;
+        self.tickets.push(c.ticket);
+        c.seq
+    }
+
+    /// The client acknowledged a router delivery that had a stored copy.
+    pub(super) fn release_stored(&mut self, pkid: u16) {
+        if let (Some(seq), Some(store)) = (self.stored_inflight.remove(&pkid), &self.broker.store) {
+            store.delivered(&self.client_id, seq);
         }
     }
 

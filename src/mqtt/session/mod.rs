@@ -284,6 +284,9 @@ struct Session<R, W> {
     held: VecDeque<Bytes>,
     /// The client's Maximum Packet Size (v5).
     client_max_packet: Option<usize>,
+    /// Router deliveries in flight whose messages also sit in the store's queue for this
+    /// session: packet id → store sequence, released when the client acknowledges.
+    stored_inflight: HashMap<u16, u64>,
 }
 
 /// What `admit_publish` decided.
@@ -559,6 +562,7 @@ async fn run_connected<R, W>(
         client_receive_max: receive_max.max(1) as usize,
         held: VecDeque::new(),
         client_max_packet: props.max_packet_size.map(|m| m as usize),
+        stored_inflight: HashMap::new(),
     };
     broker.metrics.connections.fetch_add(1, Relaxed);
     broker.metrics.connections_total.fetch_add(1, Relaxed);

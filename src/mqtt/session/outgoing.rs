@@ -10,6 +10,8 @@ pub(super) struct Fate {
     withhold: bool,
     /// The QoS it was published at, when the metadata says (QoS 1 on a QoS 2 subscription).
     published_qos: Option<u8>,
+    /// Its sequence in the store's offline queues, when it was queued there.
+    stored: Option<u64>,
 }
 
 impl<R, W> Session<R, W>
@@ -104,6 +106,7 @@ where
             publish.retain = true;
         }
         fate.published_qos = meta.qos;
+        fate.stored = meta.stored;
         (Packet::Publish(publish, props), fate)
     }
 
@@ -153,9 +156,13 @@ where
             return;
         };
         let pkid = u16::from_be_bytes([p0, p1]);
+        if let Some(seq) = fate.stored {
+            self.stored_inflight.insert(pkid, seq);
+        }
         if withhold {
             buf.truncate(start);
             self.complete_for_client(pkid, qos);
+            self.release_stored(pkid);
             return;
         }
         if marked {
@@ -178,6 +185,7 @@ where
             buf.extend_from_slice(&rest[hlen..pk_at - start]);
             buf.extend_from_slice(&rest[pk_at - start + 2..]);
             self.complete_for_client(pkid, qos);
+            self.release_stored(pkid);
             return;
         }
         if qos == 2 && fate.published_qos == Some(1) {
@@ -251,6 +259,8 @@ where
         if matches!(ack, Packet::PubAck(..)) || self.edge_qos2.contains(&pkid) {
             self.client_done();
         }
+        // PUBACK, or PUBREC for QoS 2: the client has the message.
+        self.release_stored(pkid);
         match self
             .outgoing_order
             .iter_mut()

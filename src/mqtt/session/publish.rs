@@ -32,9 +32,10 @@ where
                 Outcome::Route(m) => {
                     let p = route_publish(&m.topic, &m.payload, false, qos_from(m.qos));
                     let mut props = props_to_router(&m.props);
-                    self.capture(&m.topic, &m.payload, m.qos, m.retain, props.as_ref());
+                    let stored =
+                        self.capture(&m.topic, &m.payload, m.qos, m.retain, props.as_ref());
                     let own = m.origin.hop == 0 && m.origin.client_id == self.client_id;
-                    self.tag(&mut props, &m.topic, own, m.qos, m.retain);
+                    self.tag(&mut props, &m.topic, own, m.qos, m.retain, stored);
                     self.to_router.push_back(Packet::Publish(p, props));
                     if tapped {
                         broker.pipeline.after_publish(&m);
@@ -171,14 +172,14 @@ where
         // Fast path: no stage cares. One copy detaches the message from the read buffer.
         let p = route_publish(topic, &publish.payload, false, qos);
         let mut props = props.map(strip_alias);
-        self.capture(
+        let stored = self.capture(
             topic,
             &publish.payload,
             qos as u8,
             publish.retain,
             props.as_ref(),
         );
-        self.tag(&mut props, topic, true, qos as u8, publish.retain);
+        self.tag(&mut props, topic, true, qos as u8, publish.retain, stored);
         Ok(Admit::Routed(Packet::Publish(p, props), (qos, pkid)))
     }
 
@@ -191,9 +192,12 @@ where
         own: bool,
         qos: u8,
         retain: bool,
+        stored: Option<u64>,
     ) {
         let client = own.then_some(self.client_id.as_str());
-        self.broker.interest.tag(props, topic, client, qos, retain);
+        self.broker
+            .interest
+            .tag(props, topic, client, qos, retain, stored);
     }
 
     /// Queues the PUBACK/PUBREC for a decided publish (nothing for QoS 0).
