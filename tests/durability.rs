@@ -1451,3 +1451,50 @@ async fn queued_copy_kept_until_the_client_acknowledges() {
     }
     assert_eq!(after, vec!["unacked".to_string()], "after the restart");
 }
+
+/// A message in flight to a connected persistent session (delivered, not yet acknowledged)
+/// survives a `kill -9` and is delivered again after the restart; acknowledged ones are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_to_a_connected_session_survives_kill9() {
+    let mut b = Broker::new("batch");
+    b.start().await;
+    let (mut s, _) = raw_connect_v4(b.addr(), "online-dev", false).await;
+    raw_subscribe(&mut s, 4, "durable/online", 1).await;
+    let (mut p, _) = raw_connect_v4(b.addr(), "online-pub", true).await;
+    for (i, payload) in [&b"first"[..], b"second"].into_iter().enumerate() {
+        p.send(&raw::publish(
+            4,
+            b"durable/online",
+            payload,
+            1,
+            i as u16 + 1,
+        ))
+        .await;
+        assert_eq!(p.read(WAIT).await.expect("PUBACK").0, 0x40);
+    }
+    let mut got = vec![];
+    while got.len() < 2 {
+        let (first, body) = s.read(WAIT).await.expect("live deliveries");
+        got.push(parse_publish_v4(first, &body));
+    }
+    // Acknowledge only "first".
+    let (_, pkid, _) = got
+        .iter()
+        .find(|(_, _, p)| p == b"first")
+        .cloned()
+        .expect("first");
+    s.send(&raw::packet(0x40, &pkid.to_be_bytes())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.kill9();
+    drop(s);
+    b.start().await;
+    let (mut s, present) = raw_connect_v4(b.addr(), "online-dev", false).await;
+    assert!(present);
+    let mut after = vec![];
+    while let Some((first, body)) = s.read(Duration::from_millis(1500)).await {
+        let (_, pkid, payload) = parse_publish_v4(first, &body);
+        s.send(&raw::packet(0x40, &pkid.to_be_bytes())).await;
+        after.push(text(&payload));
+    }
+    assert_eq!(after, vec!["second".to_string()], "after the restart");
+}

@@ -436,13 +436,11 @@ impl Store {
             let mut sessions = self.sessions.lock();
             let prev = sessions.remove(client);
             let resumed = !clean && prev.is_some();
-            // A session only the store holds keeps collecting messages until its
-            // subscriptions are back in the router (`finish_resume`); otherwise nothing
-            // published in between would reach it.
-            if !(resumed && prev.as_ref().is_some_and(|p| p.store_only)) {
-                index.remove(client);
-                self.offline_filters.store(index.len(), Relaxed);
-            }
+            // A persistent session stays in the index while connected: what is queued for it
+            // is kept until its client acknowledges it, so messages in flight survive a crash
+            // too. Removing and re-adding under one lock leaves no gap for a session the
+            // store alone holds (restored after a restart).
+            index.remove(client);
             let mut ops = Vec::new();
             let (store_only, filters, stats) = match prev {
                 Some(p) if resumed => (p.store_only, p.record.filters, p.stats),
@@ -462,6 +460,7 @@ impl Store {
                     filters: filters.clone(),
                     will: None,
                 };
+                index.add(&Arc::from(client), &record.filters, &stats);
                 ops.push(session_op(client, &record));
                 sessions.insert(
                     client.to_string(),
@@ -472,8 +471,8 @@ impl Store {
                     },
                 );
             }
-            // Sent while holding the index lock: ordered after every capture that saw this
-            // session offline.
+            self.offline_filters.store(index.len(), Relaxed);
+            // Sent while holding the index lock: ordered after every capture before it.
             (self.submit(ops), resumed, store_only, filters)
         };
         ticket.wait().await?;
@@ -488,23 +487,25 @@ impl Store {
     }
 
     /// A session restored from the store has its subscriptions in the router again (the
-    /// SUBSCRIBE is in the router's queue, ahead of any publish routed from now on): stop
-    /// queueing for it and return what was queued, oldest first. A message published in
-    /// between may arrive twice (queued and routed), none is lost.
+    /// SUBSCRIBE is in the router's queue, ahead of any publish routed from now on): returns
+    /// what was queued before, oldest first. Later messages come through the router, tagged
+    /// with their store sequence. A message published in between may arrive twice (queued
+    /// and routed), none is lost.
     pub async fn finish_resume(&self, client: &str) -> Result<Vec<Queued>, StoreError> {
-        let ticket = {
-            let mut index = self.offline.write();
-            index.remove(client);
-            self.offline_filters.store(index.len(), Relaxed);
-            // Ordered after every capture that saw the session offline.
-            self.submit(vec![])
+        let (ticket, boundary) = {
+            let _index = self.offline.write();
+            // Ordered after every capture before it.
+            (self.submit(vec![]), self.next_seq.load(Relaxed))
         };
         ticket.wait().await?;
-        self.read_queue(client)
+        let mut queued = self.read_queue(client)?;
+        queued.retain(|q| q.seq < boundary);
+        Ok(queued)
     }
 
     /// Subscriptions of a persistent session changed; the new set is stored.
     pub fn set_filters(&self, client: &str, add: &[StoredFilter], remove: &[String]) -> Ticket {
+        let mut index = self.offline.write();
         let mut sessions = self.sessions.lock();
         let Some(s) = sessions.get_mut(client) else {
             return self.submit(vec![]);
@@ -512,6 +513,10 @@ impl Store {
         let f = &mut s.record.filters;
         f.retain(|x| !remove.contains(&x.path) && !add.iter().any(|a| a.path == x.path));
         f.extend(add.iter().cloned());
+        index.remove(client);
+        index.add(&Arc::from(client), &s.record.filters, &s.stats);
+        self.offline_filters.store(index.len(), Relaxed);
+        drop(index);
         let op = session_op(client, &s.record);
         drop(sessions);
         self.submit(vec![op])
@@ -532,6 +537,7 @@ impl Store {
         s.record.expiry = expiry;
         s.record.disconnected_at_ms = Some(now_ms());
         s.store_only = store_only;
+        index.remove(client);
         index.add(&Arc::from(client), &s.record.filters, &s.stats);
         self.offline_filters.store(index.len(), Relaxed);
         let op = session_op(client, &s.record);
