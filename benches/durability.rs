@@ -3,11 +3,14 @@
 //!    router's queue), `fsync = "batch"` and `fsync = "always"`, plus mosquitto with its
 //!    persistence on as a reference. Every message is acknowledged, then the subscriber comes
 //!    back and counts what it gets.
-//! 2. Restart with 100,000 retained messages and 1,000 persistent sessions: time from process
+//! 2. QoS 1 to a connected persistent subscriber, store off and `batch` (every message is
+//!    kept in the store until the subscriber acknowledges it).
+//! 3. Restart with 100,000 retained messages and 1,000 persistent sessions: time from process
 //!    start to the first CONNACK, and to a subscriber holding every retained message.
 //!
 //! Run: `cargo bench --bench durability` (`-- --quick` for a smoke run with a tenth of the
-//! load, `-- --only NAME` for one of memory, batch, always, mosquitto, restart). Each broker is a child process (this binary re-executed with `--serve`).
+//! load, `-- --only NAME` for one of memory, batch, always, mosquitto, online, restart).
+//! Each broker is a child process (this binary re-executed with `--serve`).
 
 #[path = "support/raw.rs"]
 mod raw;
@@ -238,6 +241,33 @@ async fn offline_queue(mode: Mode, n: u64) -> (f64, u64) {
     (rate, got)
 }
 
+/// QoS 1 to a *connected* persistent subscriber: delivered messages per second, from the first
+/// publish to the last delivery (the store keeps each message until the subscriber acks it).
+async fn online_persistent(mode: Mode, n: u64) -> (f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_p, _) = Proc::start(mode, dir.path(), port);
+    let (mut sub, _) = connect(port, "on-sub", false).await;
+    sub.subscribe("bench/on", 1).await;
+    let mut pubs = Vec::new();
+    for i in 0..4 {
+        pubs.push(connect(port, &format!("on-pub{i}"), true).await.0);
+    }
+    let t = Instant::now();
+    let receiver = tokio::spawn(async move { drain(&mut sub, n, Duration::from_secs(5)).await });
+    for c in pubs {
+        tokio::spawn(publish_qos1(
+            c,
+            "bench/on".into(),
+            n / 4,
+            vec![0x5A; 64],
+            false,
+        ));
+    }
+    let got = receiver.await.unwrap();
+    (got as f64 / t.elapsed().as_secs_f64(), got)
+}
+
 /// Fills a store, restarts on it, and times the way back.
 async fn restart(retained: u64, sessions: u64) -> (f64, f64, u64, u64) {
     let dir = tempfile::tempdir().unwrap();
@@ -308,10 +338,12 @@ fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    println!(
-        "| QoS 1 → offline persistent session, 4 publishers, 64 B (median of {rounds}) | msg/s | vs persistence off | delivered on resume (worst) |"
-    );
-    println!("|---|---:|---:|---:|");
+    if !modes.is_empty() {
+        println!(
+            "| QoS 1 → offline persistent session, 4 publishers, 64 B (median of {rounds}) | msg/s | vs persistence off | delivered on resume (worst) |"
+        );
+        println!("|---|---:|---:|---:|");
+    }
     let mut base = None;
     for (i, mode) in modes.iter().enumerate() {
         let rate = median(&mut rates[i]);
@@ -322,6 +354,31 @@ fn main() {
             rate / base,
             delivered[i]
         );
+    }
+    if want("online") {
+        println!();
+        println!(
+            "| QoS 1 → connected persistent subscriber, 4 publishers, 64 B (median of {rounds}) | delivered msg/s | vs persistence off |"
+        );
+        println!("|---|---:|---:|");
+        let mut base = None;
+        for mode in [Mode::Memory, Mode::Batch] {
+            let mut v = vec![];
+            let mut worst = u64::MAX;
+            for _ in 0..rounds {
+                let (rate, got) = rt.block_on(online_persistent(mode, n));
+                eprintln!("online {:28} {rate:>10.0} msg/s, {got}/{n}", mode.name());
+                v.push(rate);
+                worst = worst.min(got);
+            }
+            let rate = median(&mut v);
+            let base = *base.get_or_insert(rate);
+            println!(
+                "| {} ({worst}/{n} delivered) | {rate:.0} | {:.2}× |",
+                mode.name(),
+                rate / base
+            );
+        }
     }
     if !want("restart") {
         return;
