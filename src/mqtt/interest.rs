@@ -123,6 +123,16 @@ impl Interests {
     }
 }
 
+/// The properties of a publish as kept for later delivery (retained, queued): without the
+/// per-connection topic alias and subscription identifiers, and without reserved keys.
+pub fn for_storage(mut p: PublishProperties) -> PublishProperties {
+    p.topic_alias = None;
+    p.subscription_identifiers.clear();
+    p.user_properties
+        .retain(|(k, _)| !k.starts_with(RESERVED_PREFIX));
+    p
+}
+
 /// Removes the reserved keys from a delivered publish's properties and returns what they said.
 pub fn take_meta(props: &mut Option<PublishProperties>) -> Meta {
     let mut meta = Meta::default();

@@ -89,8 +89,6 @@ pub struct Broker {
     pub retained: retained::Retained,
 }
 
-pub use interest::ORIGIN_KEY;
-
 /// Counts one connection against its source address until dropped.
 pub struct IpSlot {
     broker: Arc<Broker>,

@@ -64,13 +64,7 @@ impl Retained {
             self.map.write().remove(topic);
             return;
         }
-        let props = props.map(|mut p| {
-            p.topic_alias = None;
-            p.subscription_identifiers.clear();
-            p.user_properties
-                .retain(|(k, _)| k != crate::mqtt::ORIGIN_KEY);
-            p
-        });
+        let props = props.map(crate::mqtt::interest::for_storage);
         let m = RetainedMessage {
             topic: Bytes::copy_from_slice(topic.as_bytes()),
             payload: Bytes::copy_from_slice(payload),
@@ -125,6 +119,15 @@ mod tests {
         assert_eq!(r.matching("a/+").len(), 2);
         assert_eq!(r.matching("a/b").len(), 1);
         assert_eq!(r.matching("#").len(), 2, "# does not match $ topics");
+        let forged = PublishProperties {
+            user_properties: vec![(crate::mqtt::interest::META_KEY.into(), "s1".into())],
+            ..Default::default()
+        };
+        r.set("a/c", b"2", 0, Some(forged), 0);
+        assert!(
+            r.matching("a/c")[0].props.is_none(),
+            "reserved keys are not kept"
+        );
         r.set("a/b", b"", 0, None, 0);
         assert_eq!(r.matching("a/#").len(), 1);
         assert_eq!(r.len(), 2);

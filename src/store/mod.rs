@@ -352,14 +352,16 @@ impl Store {
         if !retain && !queue {
             return None;
         }
-        let props = props.map(|p| {
-            let mut p = p.clone();
-            p.topic_alias = None;
-            p.subscription_identifiers.clear();
-            p.user_properties
-                .retain(|(k, _)| k != crate::mqtt::ORIGIN_KEY);
-            p
-        });
+        // Held until the ops are submitted, so a session changing its subscriptions or coming
+        // back (write lock) is ordered against this capture in the writer.
+        let index = queue.then(|| self.offline.read());
+        let mut targets = index.as_ref().map(|i| i.matches(topic)).unwrap_or_default();
+        targets.retain(|t| qos.min(t.qos) > 0);
+        if !retain && targets.is_empty() {
+            // Persistent sessions exist, none wants this one: nothing to encode or write.
+            return None;
+        }
+        let props = props.cloned().map(crate::mqtt::interest::for_storage);
         let now = now_ms();
         let mut ops = Vec::new();
         let frame = match record::encode_frame(topic, payload, retain, props) {
@@ -379,25 +381,12 @@ impl Store {
                 ));
             }
         }
-        if !queue {
-            return Some(Captured {
-                ticket: self.submit(ops),
-                seq: None,
-            });
-        }
-        // Submitted under the index lock, so a session coming online (which takes the write
-        // lock, then clears its queue through the same writer) never misses or keeps a copy.
-        let index = self.offline.read();
-        let targets = index.matches(topic);
         let mut seq = None;
         if !targets.is_empty() {
             let frame: Arc<[u8]> = Arc::from(&frame[..]);
             let size = frame.len() as u64;
             for t in targets {
                 let q = qos.min(t.qos);
-                if q == 0 {
-                    continue;
-                }
                 let s = &t.stats;
                 if s.messages.load(Relaxed) >= self.settings.max_queued_messages
                     || s.bytes.load(Relaxed) + size > self.settings.max_queued_bytes
