@@ -33,9 +33,12 @@
 //! kill -9: one broker process for the whole run) and `MOONWIRE_SOAK_STORMS=0` (no reconnect
 //! storms or random drops). `MOONWIRE__…` variables reach the broker's config as usual.
 
-use bytes::{Buf, BytesMut};
+#[path = "../benches/support/raw.rs"]
+mod raw;
+use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use raw::{connect_packet, parse, remaining_length};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -63,7 +66,7 @@ const STORM_SHARE: f64 = 0.3;
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const STORE_LIMIT: u64 = 256 << 20;
 const RSS_GROWTH_LIMIT: f64 = 1.5;
-const KEEP_ALIVE: u16 = 60;
+/// A third of the 60 s keep alive `raw::connect_packet` announces.
 const PING_EVERY: Duration = Duration::from_secs(20);
 
 /// Bound for a broker to start accepting connections.
@@ -332,32 +335,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
 // Raw MQTT 3.1.1 client (after benches/support/raw.rs)
 // ---------------------------------------------------------------------------------------------
 
-fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn connect_packet(id: &str, clean: bool) -> Vec<u8> {
-    let flags = if clean { 0x02 } else { 0x00 };
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags];
-    body.extend_from_slice(&KEEP_ALIVE.to_be_bytes());
-    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    let mut out = vec![0x10];
-    remaining_length(body.len(), &mut out);
-    out.extend(body);
-    out
-}
-
 fn publish_packet(topic: &str, payload: &[u8], qos: u8, retain: bool, pkid: u16) -> Vec<u8> {
     let len = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload.len();
     let mut out = Vec::with_capacity(len + 5);
@@ -390,28 +367,6 @@ fn puback(pkid: u16) -> [u8; 4] {
 
 const PINGREQ: [u8; 2] = [0xC0, 0x00];
 const DISCONNECT: [u8; 2] = [0xE0, 0x00];
-
-/// One parsed packet: (first byte, body).
-fn parse(buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let (mut len, mut i) = (0usize, 1usize);
-    loop {
-        let b = *buf.get(i)?;
-        len |= ((b & 0x7F) as usize) << (7 * (i - 1));
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    if buf.len() < i + len {
-        return None;
-    }
-    let first = buf[0];
-    buf.advance(i);
-    Some((first, buf.split_to(len)))
-}
 
 struct Publish<'a> {
     topic: &'a [u8],
