@@ -285,7 +285,7 @@ async fn binary_payloads_round_trip_byte_for_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_handler_does_not_stall_other_topics_and_order_holds_per_topic() {
+async fn a_slow_handler_does_not_stall_other_clients_and_order_holds_per_client() {
     let d = Dir::new();
     let s = d.script(
         "slow.lua",
@@ -310,10 +310,13 @@ async fn a_slow_handler_does_not_stall_other_topics_and_order_holds_per_topic() 
         .collect();
     let slow = tokio::spawn(futures::future::join_all(slow));
     tokio::time::sleep(Duration::from_millis(20)).await;
-    // Meanwhile the fast topic on the same (only) worker answers quickly.
+    // Meanwhile another client's topic on the same (only) worker answers quickly. (The same
+    // client's messages wait: they are processed in order, as its session applies them.)
     let t0 = Instant::now();
     for i in 1..=20 {
-        let Verdict::Modify(m) = e.before_publish(msg("x/fast", "")).await else {
+        let mut fast = msg("x/fast", "");
+        fast.origin.client_id = "dev-2".into();
+        let Verdict::Modify(m) = e.before_publish(fast).await else {
             panic!()
         };
         assert_eq!(m.payload, i.to_string());
@@ -332,6 +335,55 @@ async fn a_slow_handler_does_not_stall_other_topics_and_order_holds_per_topic() 
         })
         .collect();
     assert_eq!(got, ["1", "2", "3", "4", "5"]);
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_from_several_clients_keeps_each_clients_order_and_its_slots() {
+    let d = Dir::new();
+    // Numbers each client's messages; unbound topics in the batch must pass untouched.
+    let s = d.script(
+        "n.lua",
+        r#"
+        local n = {}
+        return { on_publish = function(msg)
+          n[msg.client_id] = (n[msg.client_id] or 0) + 1
+          if msg.payload == "drop" then return drop("asked") end
+          return { payload = msg.client_id .. ":" .. n[msg.client_id] }
+        end }
+    "#,
+    );
+    let e = start(
+        d.config(vec![block("n", &s, BlockEvent::BeforePublish, &["b/#"])]),
+        Collect::new(),
+    );
+    let from = |client: &str, topic: &str, payload: &str| {
+        let mut m = msg(topic, payload.to_string());
+        m.origin.client_id = client.into();
+        m
+    };
+    let batch = vec![
+        from("c1", "b/1", ""),
+        from("c2", "b/1", ""),
+        from("c1", "unbound", "keep"),
+        from("c1", "b/2", "drop"),
+        from("c2", "b/9", ""),
+        from("c1", "b/1", ""),
+    ];
+    let got = e.before_publish_many(batch).await;
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|v| match v {
+            Verdict::Modify(m) => String::from_utf8(m.payload.to_vec()).unwrap(),
+            Verdict::Pass => "pass".into(),
+            Verdict::Drop { reason, .. } => format!("drop {reason}"),
+            Verdict::Consume => "consume".into(),
+        })
+        .collect();
+    assert_eq!(
+        payloads,
+        ["c1:1", "c2:1", "pass", "drop asked", "c2:2", "c1:3"]
+    );
     e.shutdown().await;
 }
 

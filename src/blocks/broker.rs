@@ -2,7 +2,7 @@
 //! `after_publish`, and the publisher through which `mqtt.publish` re-enters the pipeline.
 
 use super::BlockEngine;
-use crate::pipeline::{Message, Stage, Step, Tap};
+use crate::pipeline::{BatchFuture, Message, Stage, Step, Tap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tokio::sync::mpsc;
@@ -23,6 +23,11 @@ impl Stage for BlocksStage {
 
     fn process(&self, msg: &Message) -> Step {
         Step::Later(Box::pin(self.engine.before_publish(msg.clone())))
+    }
+
+    fn process_many(&self, msgs: &[&Message]) -> Option<BatchFuture> {
+        let batch = msgs.iter().map(|m| (*m).clone()).collect();
+        Some(Box::pin(self.engine.before_publish_many(batch)))
     }
 }
 

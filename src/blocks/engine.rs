@@ -13,7 +13,6 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
-use super::chain::shard;
 use super::config::{BlockEvent, BlocksConfig, OnError};
 use super::error::{BlockError, LoadFailure};
 use super::host::{HostExtension, Services};
@@ -226,8 +225,10 @@ impl BlockEngine {
         &self.inner.services.kv
     }
 
-    fn worker_for(&self, key: &str) -> &WorkerHandle {
-        &self.inner.workers[shard(key, self.inner.workers.len())]
+    fn worker_for_lane(&self, lane: u64) -> &WorkerHandle {
+        let n = self.inner.workers.len().max(1) as u64;
+        let i = usize::try_from(lane % n).unwrap_or(0);
+        &self.inner.workers[i]
     }
 
     /// Whether any before_publish block is bound to `topic`. A lock-free snapshot read and a
@@ -241,28 +242,69 @@ impl BlockEngine {
         self.inner.plan.load().after_index.matches(topic)
     }
 
-    /// Runs the before_publish chain for `msg` on the worker that owns its topic. Messages of
-    /// one topic are processed in the order their futures are first polled. When the worker
-    /// queue is full this waits (backpressure, counted). If the engine is gone the message
-    /// passes, unless a bound block fails closed (`on_error = "drop"`).
+    /// Runs the before_publish chain for `msg` on the worker that owns its client's lane. One
+    /// client's messages are processed in the order their futures are first polled. When the
+    /// worker queue is full this waits (backpressure, counted). If the engine is gone the
+    /// message passes, unless a bound block fails closed (`on_error = "drop"`).
     pub fn before_publish(
         &self,
         msg: Message,
     ) -> impl std::future::Future<Output = Verdict> + Send + 'static {
+        let many = self.before_publish_many(vec![msg]);
+        async move { many.await.pop().unwrap_or(Verdict::Pass) }
+    }
+
+    /// [`before_publish`](Self::before_publish) for a batch, one verdict per message in order.
+    /// Messages of one client travel to their worker as one job: a burst read from a socket
+    /// costs one queue hand-off and one wake-up, not one per message.
+    pub fn before_publish_many(
+        &self,
+        msgs: Vec<Message>,
+    ) -> impl std::future::Future<Output = Vec<Verdict>> + Send + 'static {
         let plan = self.inner.plan.load();
-        let target = plan.before_index.matches(&msg.topic).then(|| {
-            let fail_closed = plan.bound(BlockEvent::BeforePublish).any(|b| {
+        let n = msgs.len();
+        let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(n);
+        let mut fail_closed = Vec::with_capacity(n);
+        // Jobs in the order their first message appears; a batch from a session has one.
+        let mut jobs: Vec<(u64, Vec<usize>, Vec<Message>)> = Vec::new();
+        for (i, msg) in msgs.into_iter().enumerate() {
+            if !plan.before_index.matches(&msg.topic) {
+                fail_closed.push(false);
+                verdicts.push(Some(Verdict::Pass));
+                continue;
+            }
+            fail_closed.push(plan.bound(BlockEvent::BeforePublish).any(|b| {
                 b.cfg.on_error == OnError::Drop && b.filters.iter().any(|f| f.matches(&msg.topic))
-            });
-            let w = self.worker_for(&msg.topic);
-            (w.queue.clone(), w.metrics.clone(), fail_closed)
-        });
+            }));
+            verdicts.push(None);
+            let l = worker::lane(&msg.origin.client_id);
+            match jobs.iter_mut().find(|(jl, _, _)| *jl == l) {
+                Some((_, at, batch)) => {
+                    at.push(i);
+                    batch.push(msg);
+                }
+                None => jobs.push((l, vec![i], vec![msg])),
+            }
+        }
+        let sends: Vec<_> = jobs
+            .into_iter()
+            .map(|(l, at, batch)| {
+                let w = self.worker_for_lane(l);
+                let (reply, rx) = oneshot::channel();
+                let env = Envelope {
+                    job: Job::Before {
+                        lane: l,
+                        msgs: batch,
+                        reply,
+                    },
+                    enqueued: Instant::now(),
+                };
+                (w.queue.clone(), w.metrics.clone(), env, rx, at)
+            })
+            .collect();
         async move {
-            let Some((queue, metrics, fail_closed)) = target else {
-                return Verdict::Pass;
-            };
-            let fallback = || {
-                if fail_closed {
+            let fallback = |i: usize| {
+                if fail_closed.get(i).copied().unwrap_or(false) {
                     Verdict::Drop {
                         code: DropCode::Unspecified,
                         reason: "blocks engine unavailable".into(),
@@ -271,22 +313,37 @@ impl BlockEngine {
                     Verdict::Pass
                 }
             };
-            let (reply, rx) = oneshot::channel();
-            let env = Envelope {
-                job: Job::Before { msg, reply },
-                enqueued: Instant::now(),
-            };
-            match queue.try_send(env) {
-                Ok(()) => {}
-                Err(TrySendError::Full(env)) => {
-                    metrics.backpressure_waits.fetch_add(1, Relaxed);
-                    if queue.send(env).await.is_err() {
-                        return fallback();
+            let mut waits = Vec::with_capacity(sends.len());
+            for (queue, metrics, env, rx, at) in sends {
+                let sent = match queue.try_send(env) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(env)) => {
+                        metrics.backpressure_waits.fetch_add(1, Relaxed);
+                        queue.send(env).await.is_ok()
+                    }
+                    Err(TrySendError::Closed(_)) => false,
+                };
+                waits.push((sent.then_some(rx), at));
+            }
+            for (rx, at) in waits {
+                let got = match rx {
+                    Some(rx) => rx.await.unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                // A reply shorter than its batch means the worker stopped part-way.
+                let mut got = got.into_iter();
+                for i in at {
+                    let v = got.next().unwrap_or_else(|| fallback(i));
+                    if let Some(slot) = verdicts.get_mut(i) {
+                        *slot = Some(v);
                     }
                 }
-                Err(TrySendError::Closed(_)) => return fallback(),
             }
-            rx.await.unwrap_or_else(|_| fallback())
+            verdicts
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| v.unwrap_or_else(|| fallback(i)))
+                .collect()
         }
     }
 
@@ -296,7 +353,7 @@ impl BlockEngine {
         if !self.has_after_publish(&msg.topic) {
             return;
         }
-        let w = self.worker_for(&msg.topic);
+        let w = self.worker_for_lane(worker::lane(&msg.origin.client_id));
         let env = Envelope {
             job: Job::After { msg },
             enqueued: Instant::now(),
@@ -359,7 +416,7 @@ impl BlockEngine {
             return None;
         }
         let fail_closed = plan.bound(event).any(|b| b.cfg.on_error == OnError::Drop);
-        let w = self.worker_for(client_id);
+        let w = self.worker_for_lane(worker::lane(client_id));
         let (reply, rx) = oneshot::channel();
         Some(ClientSend {
             queue: w.queue.clone(),

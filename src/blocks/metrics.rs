@@ -130,7 +130,7 @@ pub struct WorkerMetrics {
     pub backpressure_waits: AtomicU64,
     /// after_publish messages not queued because the after queue was full.
     pub after_overflow: AtomicU64,
-    /// Time from enqueue until the job started running (queue + per-topic wait).
+    /// Time from enqueue until the job started running (queue + per-client wait).
     pub wait: Histogram,
 }
 

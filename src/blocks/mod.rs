@@ -6,7 +6,7 @@
 //! - `filter`   MQTT filters: matching, wildcard captures, topic-name checks, fast index
 //! - `plan`     one immutable generation of config + script sources, the per-name records
 //! - `engine`   public API: start, before/after publish, connect, subscribe, reload, status
-//! - `worker`   worker threads: bounded queues, per-topic ordering, reload swap, intervals
+//! - `worker`   worker threads: bounded queues, per-client ordering, reload swap, intervals
 //! - `chain`    running a message through every bound block, verdict rules
 //! - `invoke`   one handler invocation with accounting
 //! - `vm`       one block's Lua state: memory limit, deadline hook, loading, coroutine calls

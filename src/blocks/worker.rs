@@ -2,10 +2,13 @@
 //! Lua states, two bounded queues (before: backpressure; after: drop and count on overflow)
 //! and a control channel for reloads and shutdown.
 //!
-//! Ordering and concurrency: jobs are keyed (publish: topic; connect/subscribe: client id).
-//! The first job of a key starts a local task; later jobs of the same key wait in that key's
-//! FIFO until the task finishes the previous one. So one topic is strictly sequential while a
-//! handler parked in an async host call leaves the worker free for other topics. Jobs held in
+//! Ordering and concurrency: jobs are keyed by the publishing (or connecting) client's lane, a
+//! hash of its client id ([`lane`]). The first job of a key starts a local task; later jobs of
+//! the same key wait in that key's FIFO until the task finishes the previous one. So one
+//! client's messages are strictly sequential (MQTT's ordering guarantee is per client and
+//! topic) while a handler parked in an async host call leaves the worker free for other
+//! clients. A before_publish job carries a whole read batch of one session, so a burst costs
+//! one queue hand-off and one wake-up of the session, not one per message. Jobs held in
 //! these FIFOs are bounded too: the worker stops taking from its queues while
 //! `queue_capacity + after_queue_capacity` jobs are in flight.
 //!
@@ -37,9 +40,11 @@ use crate::pipeline::{Message, Verdict};
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 pub(crate) enum Job {
+    /// Messages of one lane, in order; one verdict per message comes back.
     Before {
-        msg: Message,
-        reply: oneshot::Sender<Verdict>,
+        lane: u64,
+        msgs: Vec<Message>,
+        reply: oneshot::Sender<Vec<Verdict>>,
     },
     After {
         msg: Message,
@@ -55,13 +60,32 @@ pub(crate) enum Job {
     },
 }
 
+/// The ordering lane of a client: FNV-1a of its client id. Two clients sharing a lane are
+/// merely serialized with each other.
+pub(crate) fn lane(client_id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in client_id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 impl Job {
-    fn key(&self) -> (u8, String) {
+    fn key(&self) -> (u8, u64) {
         match self {
-            Job::Before { msg, .. } => (0, msg.topic.clone()),
-            Job::After { msg } => (1, msg.topic.clone()),
-            Job::Connect { info, .. } => (2, info.client_id.clone()),
-            Job::Subscribe { client, .. } => (2, client.client_id.clone()),
+            Job::Before { lane, .. } => (0, *lane),
+            Job::After { msg } => (1, lane(&msg.origin.client_id)),
+            Job::Connect { info, .. } => (2, lane(&info.client_id)),
+            Job::Subscribe { client, .. } => (2, lane(&client.client_id)),
+        }
+    }
+
+    /// Messages (or decisions) this job stands for, for the `processed` counter.
+    fn weight(&self) -> u64 {
+        match self {
+            Job::Before { msgs, .. } => msgs.len() as u64,
+            _ => 1,
         }
     }
 }
@@ -183,7 +207,7 @@ struct Worker {
     current: RefCell<Rc<BlockSet>>,
     prepared: RefCell<Option<(u64, Rc<BlockSet>)>>,
     /// Per key, the jobs waiting for the key's running task.
-    chains: RefCell<HashMap<(u8, String), VecDeque<Envelope>>>,
+    chains: RefCell<HashMap<(u8, u64), VecDeque<Envelope>>>,
     in_flight: Cell<usize>,
     max_in_flight: usize,
     slot_freed: Notify,
@@ -275,19 +299,20 @@ impl Worker {
                 waiting.push_back(env);
                 return;
             }
-            chains.insert(key.clone(), VecDeque::new());
+            chains.insert(key, VecDeque::new());
         }
         tokio::task::spawn_local(self.clone().run_key(key, env));
     }
 
     /// Runs the jobs of one key, one after the other, until its FIFO is empty.
-    async fn run_key(self: Rc<Self>, key: (u8, String), first: Envelope) {
+    async fn run_key(self: Rc<Self>, key: (u8, u64), first: Envelope) {
         let mut next = Some(first);
         while let Some(env) = next {
             self.metrics.wait.observe(env.enqueued.elapsed());
             let set = self.current.borrow().clone();
+            let weight = env.job.weight();
             process(&set, env.job).await;
-            self.metrics.processed.fetch_add(1, Relaxed);
+            self.metrics.processed.fetch_add(weight, Relaxed);
             self.metrics.in_flight.fetch_sub(1, Relaxed);
             self.in_flight.set(self.in_flight.get() - 1);
             self.slot_freed.notify_one();
@@ -329,12 +354,16 @@ impl Worker {
 
 async fn process(set: &BlockSet, job: Job) {
     match job {
-        Job::Before { msg, reply } => {
-            // The caller gave up (e.g. its connection closed): nothing would use the verdict.
-            if reply.is_closed() {
-                return;
+        Job::Before { msgs, reply, .. } => {
+            let mut verdicts = Vec::with_capacity(msgs.len());
+            for msg in msgs {
+                // The caller gave up (e.g. its connection closed): nothing would use the rest.
+                if reply.is_closed() {
+                    return;
+                }
+                verdicts.push(chain::before_publish(set, msg).await);
             }
-            let _ = reply.send(chain::before_publish(set, msg).await);
+            let _ = reply.send(verdicts);
         }
         Job::After { msg } => chain::after_publish(set, msg).await,
         Job::Connect { info, reply } => {

@@ -31,7 +31,16 @@ pub trait Stage: Send + Sync + 'static {
     fn wants(&self, topic: &str, payload_len: usize) -> bool;
     /// Decides what happens to the message.
     fn process(&self, msg: &Message) -> Step;
+    /// Decides for several messages at once, one verdict each, in order. A stage whose work
+    /// crosses threads (the blocks workers) implements it so a batch costs one hand-off;
+    /// `None` means "call [`process`](Self::process) per message".
+    fn process_many(&self, _msgs: &[&Message]) -> Option<BatchFuture> {
+        None
+    }
 }
+
+/// The verdicts of [`Stage::process_many`].
+pub type BatchFuture = Pin<Box<dyn Future<Output = Vec<Verdict>> + Send>>;
 
 /// Observes messages after they were handed to the router. Must not block.
 pub trait Tap: Send + Sync + 'static {
@@ -104,6 +113,66 @@ impl Pipeline {
             }
         }
         Outcome::Route(msg)
+    }
+
+    /// Runs a batch (the publishes of one socket read) through the stages: each stage sees
+    /// every message still in play, in order, before the next stage runs, so a stage that
+    /// batches ([`Stage::process_many`]) gets the whole batch at once. For each message the
+    /// stages still run in order and the first drop or consume ends its chain.
+    pub async fn process_batch(&self, msgs: Vec<Message>) -> Vec<Outcome> {
+        let mut live: Vec<Result<Message, Outcome>> = msgs.into_iter().map(Ok).collect();
+        for stage in &self.stages {
+            let idx: Vec<usize> = live
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| match m {
+                    Ok(m) if stage.wants(&m.topic, m.payload.len()) => Some(i),
+                    _ => None,
+                })
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let refs: Vec<&Message> = idx
+                .iter()
+                .filter_map(|&i| live.get(i).and_then(|m| m.as_ref().ok()))
+                .collect();
+            let verdicts = match stage.process_many(&refs) {
+                Some(fut) => fut.await,
+                None => {
+                    let steps: Vec<Step> = refs.iter().map(|m| stage.process(m)).collect();
+                    futures_util::future::join_all(steps.into_iter().map(|s| async move {
+                        match s {
+                            Step::Now(v) => v,
+                            Step::Later(fut) => fut.await,
+                        }
+                    }))
+                    .await
+                }
+            };
+            for (i, verdict) in idx.into_iter().zip(verdicts) {
+                let Some(slot) = live.get_mut(i) else {
+                    continue;
+                };
+                match verdict {
+                    Verdict::Pass => {}
+                    Verdict::Modify(m) => *slot = Ok(m),
+                    Verdict::Drop { code, reason } => {
+                        if let Ok(m) = slot {
+                            tracing::debug!(stage = stage.name(), topic = %m.topic, %reason, "publish dropped");
+                        }
+                        *slot = Err(Outcome::Drop { code, reason });
+                    }
+                    Verdict::Consume => *slot = Err(Outcome::Consume),
+                }
+            }
+        }
+        live.into_iter()
+            .map(|m| match m {
+                Ok(m) => Outcome::Route(m),
+                Err(o) => o,
+            })
+            .collect()
     }
 
     /// Offers a routed message to the taps.
@@ -230,5 +299,56 @@ mod tests {
             }
         ));
         assert_eq!(p.process(msg("y/1")).await, Outcome::Route(msg("y/1")));
+    }
+
+    /// Renames `a/…` to `x/…` and records how many messages each call saw.
+    struct Rename {
+        calls: std::sync::Mutex<Vec<usize>>,
+    }
+    impl Stage for Rename {
+        fn name(&self) -> &'static str {
+            "rename"
+        }
+        fn wants(&self, topic: &str, _: usize) -> bool {
+            topic.starts_with("a/")
+        }
+        fn process(&self, _: &Message) -> Step {
+            unreachable!("batched stages are called through process_many")
+        }
+        fn process_many(&self, msgs: &[&Message]) -> Option<BatchFuture> {
+            if let Ok(mut c) = self.calls.lock() {
+                c.push(msgs.len());
+            }
+            let out = msgs
+                .iter()
+                .map(|m| {
+                    let mut next = (*m).clone();
+                    next.topic = next.topic.replacen("a/", "x/", 1);
+                    Verdict::Modify(next)
+                })
+                .collect();
+            Some(Box::pin(async move { out }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_reaches_a_batching_stage_once_and_later_stages_see_modified_topics() {
+        let rename = Arc::new(Rename {
+            calls: std::sync::Mutex::new(Vec::new()),
+        });
+        let p = Pipeline::new()
+            .with_stage(rename.clone())
+            .with_stage(Arc::new(DropAll));
+        let out = p
+            .process_batch(vec![msg("a/1"), msg("y/1"), msg("a/2"), msg("x/3")])
+            .await;
+        assert_eq!(*rename.calls.lock().unwrap(), vec![2]);
+        assert_eq!(out.len(), 4);
+        // a/1 became x/1, which the next stage drops; y/1 is untouched; x/3 dropped directly.
+        assert!(matches!(out[0], Outcome::Drop { .. }), "{:?}", out[0]);
+        assert_eq!(out[1], Outcome::Route(msg("y/1")));
+        assert!(matches!(out[2], Outcome::Drop { .. }), "{:?}", out[2]);
+        assert!(matches!(out[3], Outcome::Drop { .. }), "{:?}", out[3]);
+        assert_eq!(p.process_batch(Vec::new()).await, Vec::new());
     }
 }

@@ -16,17 +16,28 @@ where
         let broker = self.broker.clone();
         let metas: Vec<(QoS, u16, bool)> =
             pending.iter().map(|p| (p.qos, p.pkid, p.tapped)).collect();
-        let outcomes = futures_util::future::join_all(pending.drain(..).map(|p| {
-            let pipeline = &broker.pipeline;
-            async move {
-                if p.wants {
-                    pipeline.process(p.msg).await
-                } else {
-                    Outcome::Route(p.msg)
-                }
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(pending.len());
+        let mut wanted = Vec::new();
+        for p in pending.drain(..) {
+            if p.wants {
+                outcomes.push(None);
+                wanted.push(p.msg);
+            } else {
+                outcomes.push(Some(Outcome::Route(p.msg)));
             }
-        }))
-        .await;
+        }
+        if !wanted.is_empty() {
+            let mut decided = broker.pipeline.process_batch(wanted).await.into_iter();
+            for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+                *slot = decided.next();
+            }
+        }
+        let outcomes = outcomes.into_iter().map(|o| {
+            o.unwrap_or(Outcome::Drop {
+                code: DropCode::Unspecified,
+                reason: "pipeline returned no verdict".into(),
+            })
+        });
         for ((qos, pkid, tapped), outcome) in metas.into_iter().zip(outcomes) {
             let refused = match outcome {
                 Outcome::Route(m) => {
