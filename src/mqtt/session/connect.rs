@@ -12,8 +12,19 @@ pub(super) async fn read_connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         match detect_version(&io.rbuf, limits.max_packet_size) {
             Ok(Some(version)) => {
                 let codec = Codec::new(version, limits.max_packet_size);
-                if let Some(frame) = codec.decode(&mut io.rbuf)? {
-                    return Ok((codec, frame.packet));
+                match codec.decode(&mut io.rbuf) {
+                    Ok(Some(frame)) => return Ok((codec, frame.packet)),
+                    Ok(None) => {}
+                    Err(CodecError::Protocol(why)) if version == Version::V5 => {
+                        // A v5 client learns why: CONNACK 0x82, then close [MQTT-4.13.1-1].
+                        let ack = ConnAck {
+                            session_present: false,
+                            code: ConnectReturnCode::ProtocolError,
+                        };
+                        refuse_connect(io, &codec, ack, why).await?;
+                        return Err(CodecError::Protocol(why).into());
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             Ok(None) => {}

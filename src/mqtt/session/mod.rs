@@ -130,6 +130,7 @@ fn note_failure(broker: &Broker, e: &SessionError) {
     let reason = match e {
         SessionError::ConnectTimeout => DropReason::ConnectTimeout,
         SessionError::Codec(CodecError::TooLarge { .. }) => DropReason::PacketTooLarge,
+        SessionError::Codec(CodecError::Protocol(_)) => DropReason::Protocol,
         SessionError::Codec(_) => DropReason::Malformed,
         SessionError::Protocol(_) => DropReason::Protocol,
         SessionError::TopicInvalid(_) => DropReason::TopicInvalid,

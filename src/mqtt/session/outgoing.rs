@@ -339,7 +339,7 @@ where
             SessionError::Codec(CodecError::TooLarge { .. }) => {
                 (Some(DisconnectReasonCode::PacketTooLarge), true)
             }
-            SessionError::Codec(CodecError::Auth) => {
+            SessionError::Codec(CodecError::Auth | CodecError::Protocol(_)) => {
                 (Some(DisconnectReasonCode::ProtocolError), true)
             }
             SessionError::Codec(_) => (Some(DisconnectReasonCode::MalformedPacket), true),
