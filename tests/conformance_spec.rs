@@ -2143,7 +2143,6 @@ async fn pubrel_is_resent_on_reconnect() {
 /// [MQTT-4.4.0-1] on reconnect with a kept session the broker resends an unacknowledged QoS 1
 /// PUBLISH with its original packet id and [MQTT-3.3.1-1] DUP 1 (v5 and 3.1.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the message is redelivered once, but with DUP 0 and a new packet id (v5 and 3.1.1)"]
 async fn unacknowledged_publish_is_resent_with_dup_and_its_packet_id() {
     let b = TestBroker::start().await;
     let mut fails = Vec::new();
@@ -2172,7 +2171,6 @@ async fn unacknowledged_publish_is_resent_with_dup_and_its_packet_id() {
 /// [MQTT-4.3.3-4] (v5) / [MQTT-4.3.3-1] (3.1.1) the broker sends PUBREL when it receives a
 /// PUBREC — not only once an earlier, unrelated QoS 1 delivery has been acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: PUBREL is withheld until the subscriber acknowledges the earlier QoS 1 delivery (v5 and 3.1.1)"]
 async fn pubrel_follows_pubrec_without_waiting_for_other_acks() {
     let b = TestBroker::start().await;
     for level in [5u8, 4] {

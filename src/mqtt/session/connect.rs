@@ -176,6 +176,7 @@ pub(super) async fn run_connected<R, W>(
     let filters = broker
         .registry
         .restore_filters(&client_id, connect.clean_session);
+    let carry = broker.registry.take_carry(&client_id);
     // Session lifetime. v3.1.1: clean → ends at disconnect, persistent → forever. v5: the
     // Session Expiry Interval (absent = 0) [MQTT-3.1.2-23].
     let expiry = match (&codec.version, &info.props) {
@@ -282,6 +283,14 @@ pub(super) async fn run_connected<R, W>(
         aliases: HashMap::new(),
         unacked_in_batch: 0,
         outgoing_order: VecDeque::new(),
+        rel_sent: HashSet::new(),
+        comp_order: VecDeque::new(),
+        comp_early: HashSet::new(),
+        // What the previous connection left only applies to the router session it left.
+        pkids: match carry {
+            Some(c) if connected.session_present => resend::Pkids::resume(c),
+            _ => Default::default(),
+        },
         no_local: HashSet::new(),
         qos2_subs: HashSet::new(),
         rap_subs: HashSet::new(),
