@@ -778,12 +778,13 @@ async fn short_alphanumeric_client_ids_are_accepted() {
     b.stop().await;
 }
 
-/// §3.1.2.11: properties of CONNECT. A duplicated Session Expiry Interval, Receive Maximum or
-/// Maximum Packet Size, Receive Maximum 0, Maximum Packet Size 0 and Request Problem
-/// Information 2 are protocol errors (CONNACK 0x82 at most, then close) [MQTT-4.13.1-1].
+/// §3.1.2.11: properties of CONNECT. A duplicated Session Expiry Interval, Receive Maximum,
+/// Maximum Packet Size, Topic Alias Maximum, Request Problem/Response Information or
+/// Authentication Method, Receive Maximum 0, Maximum Packet Size 0 and Request Problem
+/// Information 2 are protocol errors (CONNACK 0x82 at most, then close) [MQTT-4.13.1-1];
+/// §3.1.3.2: so is a duplicated will property (Will Delay Interval, Message Expiry Interval).
 /// User Property may repeat (accepted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: duplicated properties (Session Expiry Interval, Receive Maximum, Maximum Packet Size) are accepted with CONNACK 0x00 (rumqttd keeps the last); zero and out-of-range values are refused with 0x82"]
 async fn connect_property_protocol_errors() {
     let b = TestBroker::start().await;
     let mut fails = Vec::new();
@@ -797,12 +798,33 @@ async fn connect_property_protocol_errors() {
             "two Maximum Packet Size",
             &[0x27, 0, 0, 4, 0, 0x27, 0, 0, 4, 0],
         ),
+        ("two Topic Alias Maximum", &[0x22, 0, 5, 0x22, 0, 5]),
+        ("two Request Problem Information", &[0x17, 1, 0x17, 1]),
+        ("two Request Response Information", &[0x19, 0, 0x19, 0]),
+        (
+            "two Authentication Method",
+            &[0x15, 0, 1, b'x', 0x15, 0, 1, b'x'],
+        ),
         ("Receive Maximum 0", &[0x21, 0, 0]),
         ("Maximum Packet Size 0", &[0x27, 0, 0, 0, 0]),
         ("Request Problem Information 2", &[0x17, 2]),
         ("Request Response Information 2", &[0x19, 2]),
     ] {
         check_refused(&b, 5, what, &connect_v5(b"dup", pr), &[0x82], &mut fails).await;
+    }
+    for (what, wp) in [
+        (
+            "two Will Delay Interval",
+            &[0x18, 0, 0, 0, 1, 0x18, 0, 0, 0, 1][..],
+        ),
+        (
+            "two will Message Expiry Interval",
+            &[0x02, 0, 0, 0, 9, 0x02, 0, 0, 0, 9],
+        ),
+    ] {
+        let p = connect_payload(5, b"dupw", Some((wp, b"will/t", b"x")), None, None);
+        let c = connect_raw(b"MQTT", 5, 0x06, 0, Some(&[]), &p);
+        check_refused(&b, 5, what, &c, &[0x82], &mut fails).await;
     }
     let up = [0x26, 0, 1, b'k', 0, 1, b'1', 0x26, 0, 1, b'k', 0, 1, b'2'];
     let (mut c, _) = open_with(&b, &connect_v5(b"ups", &up)).await;
@@ -1174,6 +1196,28 @@ async fn client_publish_with_subscription_identifier_is_a_protocol_error() {
     c.send(&publish_v5(b"si/x", &[0x0B, 5], b"x", 1, false, 1))
         .await;
     closed_v5(&mut c, &[0x82]).await;
+    b.stop().await;
+}
+
+/// §3.3.2.3: a single-occurrence PUBLISH property (Message Expiry Interval, Content Type,
+/// Topic Alias) given twice is a protocol error (DISCONNECT 0x82 at most, then close); User
+/// Property may repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_publish_properties_are_a_protocol_error() {
+    let b = TestBroker::start().await;
+    for pr in [
+        &[0x02, 0, 0, 0, 9, 0x02, 0, 0, 0, 9][..],
+        &[0x03, 0, 1, b'a', 0x03, 0, 1, b'b'],
+        &[0x23, 0, 1, 0x23, 0, 1],
+    ] {
+        let mut c = open5(&b, "pdup").await;
+        c.send(&publish_v5(b"pd/x", pr, b"x", 1, false, 1)).await;
+        closed_v5(&mut c, &[0x82]).await;
+    }
+    let mut c = open5(&b, "pdup").await;
+    let up = [0x26, 0, 1, b'k', 0, 1, b'1', 0x26, 0, 1, b'k', 0, 1, b'2'];
+    c.send(&publish_v5(b"pd/x", &up, b"x", 1, false, 1)).await;
+    assert_eq!(c.read(WAIT).await.map(|(first, _)| first), Some(0x40));
     b.stop().await;
 }
 
@@ -2099,7 +2143,6 @@ async fn pubrel_is_resent_on_reconnect() {
 /// [MQTT-4.4.0-1] on reconnect with a kept session the broker resends an unacknowledged QoS 1
 /// PUBLISH with its original packet id and [MQTT-3.3.1-1] DUP 1 (v5 and 3.1.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the message is redelivered once, but with DUP 0 and a new packet id (v5 and 3.1.1)"]
 async fn unacknowledged_publish_is_resent_with_dup_and_its_packet_id() {
     let b = TestBroker::start().await;
     let mut fails = Vec::new();
@@ -2128,7 +2171,6 @@ async fn unacknowledged_publish_is_resent_with_dup_and_its_packet_id() {
 /// [MQTT-4.3.3-4] (v5) / [MQTT-4.3.3-1] (3.1.1) the broker sends PUBREL when it receives a
 /// PUBREC — not only once an earlier, unrelated QoS 1 delivery has been acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: PUBREL is withheld until the subscriber acknowledges the earlier QoS 1 delivery (v5 and 3.1.1)"]
 async fn pubrel_follows_pubrec_without_waiting_for_other_acks() {
     let b = TestBroker::start().await;
     for level in [5u8, 4] {

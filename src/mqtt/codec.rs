@@ -141,7 +141,7 @@ impl Codec {
             return Ok(None);
         }
         let body = &buf[hlen..wire_len];
-        check_body(kind, body, self.version)?;
+        check_body(kind, flags, body, self.version)?;
         if kind == 14 && self.version == Version::V5 && rlen == 1 {
             // Reason code without a property length is well-formed [§3.14.2.2.1]; rumqttd's
             // reader wants the length byte.
@@ -213,8 +213,9 @@ fn strip_properties(packet: Packet) -> Packet {
     }
 }
 
-/// Checks rumqttd's readers skip: reserved bits and fields the specification makes malformed.
-fn check_body(kind: u8, body: &[u8], version: Version) -> Result<(), CodecError> {
+/// Checks rumqttd's readers skip: reserved bits, fields the specification makes malformed, and
+/// properties given more than once (rumqttd keeps the last one silently).
+fn check_body(kind: u8, flags: u8, body: &[u8], version: Version) -> Result<(), CodecError> {
     let bad = |why: &str| Err(CodecError::Malformed(why.into()));
     match kind {
         1 => {
@@ -228,7 +229,11 @@ fn check_body(kind: u8, body: &[u8], version: Version) -> Result<(), CodecError>
             if version == Version::V311 && flags & 0x40 != 0 && flags & 0x80 == 0 {
                 return bad("password flag without the user name flag [MQTT-3.1.2-22]");
             }
+            if version == Version::V5 {
+                check_connect_properties(body, flags)?;
+            }
         }
+        3 if version == Version::V5 => check_publish_properties(body, flags)?,
         8 | 10 => {
             if body.get(..2) == Some(&[0, 0]) {
                 return bad("packet identifier 0 [MQTT-2.2.1-3]");
@@ -261,6 +266,115 @@ fn check_body(kind: u8, body: &[u8], version: Version) -> Result<(), CodecError>
         _ => {}
     }
     Ok(())
+}
+
+/// Property identifiers that may appear more than once in a packet: User Property and
+/// Subscription Identifier [§2.2.2.2].
+const REPEATABLE: u64 = 1 << 0x26 | 1 << 0x0B;
+
+/// Refuses a property section (`props`, without its length) that names a single-occurrence
+/// property twice: a Protocol Error [§3.1.2.11, §3.1.3.2, §3.3.2.3]. Allocation-free: property
+/// ids are below 64, so one bit each. An unknown id or a truncated value ends the scan; rumqttd's
+/// reader refuses those as malformed.
+fn check_properties(props: &[u8]) -> Result<(), CodecError> {
+    let mut seen = 0u64;
+    let mut at = 0;
+    while let Some(&id) = props.get(at) {
+        at += 1;
+        let Some(bit) = 1u64.checked_shl(id as u32) else {
+            return Ok(());
+        };
+        if seen & bit & !REPEATABLE != 0 {
+            return Err(CodecError::Protocol(
+                "a property that may appear once is given twice",
+            ));
+        }
+        seen |= bit;
+        let two_byte_len = |at: usize| {
+            props
+                .get(at..at + 2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+        };
+        let len = match id {
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+            0x13 | 0x21 | 0x22 | 0x23 => 2,
+            0x02 | 0x11 | 0x18 | 0x27 => 4,
+            0x0B => match varint(props.get(at..).unwrap_or_default()) {
+                Ok((_, n)) => n,
+                Err(_) => return Ok(()),
+            },
+            0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => {
+                match two_byte_len(at) {
+                    Some(n) => 2 + n,
+                    None => return Ok(()),
+                }
+            }
+            0x26 => {
+                let Some(key) = two_byte_len(at) else {
+                    return Ok(());
+                };
+                match two_byte_len(at + 2 + key) {
+                    Some(value) => 4 + key + value,
+                    None => return Ok(()),
+                }
+            }
+            _ => return Ok(()),
+        };
+        at += len;
+    }
+    Ok(())
+}
+
+/// The property section that starts at `at` in `body` (without its length) and where it ends:
+/// `None` when the packet ends first.
+fn property_section(body: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let (len, n) = varint(body.get(at..)?).ok()?;
+    let start = at + n;
+    let end = start.checked_add(len)?;
+    Some((body.get(start..end)?, end))
+}
+
+/// CONNECT properties and, with the will flag, will properties [MQTT-3.1.2-9].
+fn check_connect_properties(body: &[u8], flags: u8) -> Result<(), CodecError> {
+    let Some(name) = body.get(..2) else {
+        return Ok(());
+    };
+    // Protocol name, level, flags, keep alive.
+    let at = 2 + u16::from_be_bytes([name[0], name[1]]) as usize + 4;
+    let Some((props, id_at)) = property_section(body, at) else {
+        return Ok(());
+    };
+    check_properties(props)?;
+    if flags & 0x04 == 0 {
+        return Ok(());
+    }
+    // The client identifier follows the properties, then the will properties.
+    let Some(id) = body.get(id_at..id_at + 2) else {
+        return Ok(());
+    };
+    let will_at = id_at + 2 + u16::from_be_bytes([id[0], id[1]]) as usize;
+    match property_section(body, will_at) {
+        Some((will, _)) => check_properties(will),
+        None => Ok(()),
+    }
+}
+
+/// PUBLISH properties (the hot path: only a non-empty section is scanned).
+fn check_publish_properties(body: &[u8], flags: u8) -> Result<(), CodecError> {
+    let Some(topic) = body.get(..2) else {
+        return Ok(());
+    };
+    let mut at = 2 + u16::from_be_bytes([topic[0], topic[1]]) as usize;
+    if (flags >> 1) & 0b11 != 0 {
+        at += 2;
+    }
+    match body.get(at) {
+        None | Some(0) => Ok(()),
+        Some(_) => match property_section(body, at) {
+            Some((props, _)) => check_properties(props),
+            None => Ok(()),
+        },
+    }
 }
 
 /// A variable byte integer: (value, bytes used).
@@ -339,6 +453,84 @@ mod tests {
             codec.decode(&mut buf),
             Err(CodecError::Malformed(_))
         ));
+    }
+
+    /// A v5 CONNECT (client id "c") with `props`, and a will with `will_props` when given.
+    fn connect_v5(props: &[u8], will_props: Option<&[u8]>) -> BytesMut {
+        let flags = if will_props.is_some() { 0x06 } else { 0x02 };
+        let mut body = vec![
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            5,
+            flags,
+            0,
+            60,
+            props.len() as u8,
+        ];
+        body.extend_from_slice(props);
+        body.extend_from_slice(&[0, 1, b'c']);
+        if let Some(w) = will_props {
+            body.push(w.len() as u8);
+            body.extend_from_slice(w);
+            body.extend_from_slice(&[0, 1, b't', 0, 1, b'x']);
+        }
+        let mut v = vec![0x10, body.len() as u8];
+        v.extend_from_slice(&body);
+        BytesMut::from(&v[..])
+    }
+
+    #[test]
+    fn duplicated_single_properties_are_protocol_errors() {
+        let codec = Codec::new(Version::V5, 1 << 20);
+        let dup = |r: Result<Option<Frame>, CodecError>| matches!(r, Err(CodecError::Protocol(_)));
+        for props in [
+            &[0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2][..],
+            &[0x21, 0, 1, 0x26, 0, 1, b'k', 0, 0, 0x21, 0, 2],
+            &[0x15, 0, 1, b'm', 0x15, 0, 1, b'n'],
+            &[0x17, 1, 0x17, 1],
+        ] {
+            assert!(
+                dup(codec.decode(&mut connect_v5(props, None))),
+                "{props:x?}"
+            );
+        }
+        for will in [
+            &[0x18, 0, 0, 0, 1, 0x18, 0, 0, 0, 1][..],
+            &[0x03, 0, 0, 0x03, 0, 0],
+        ] {
+            assert!(
+                dup(codec.decode(&mut connect_v5(&[], Some(will)))),
+                "{will:x?}"
+            );
+        }
+        // User Property may repeat.
+        let up = [0x26, 0, 1, b'k', 0, 0, 0x26, 0, 1, b'k', 0, 0];
+        assert!(codec.decode(&mut connect_v5(&up, Some(&up))).is_ok());
+        // PUBLISH QoS 1, topic "t", packet id 1: two Message Expiry Intervals; two Subscription
+        // Identifiers pass the codec (the session refuses them from a client).
+        let publish = |props: &[u8]| {
+            let mut v = vec![
+                0x32,
+                (6 + props.len()) as u8,
+                0,
+                1,
+                b't',
+                0,
+                1,
+                props.len() as u8,
+            ];
+            v.extend_from_slice(props);
+            BytesMut::from(&v[..])
+        };
+        assert!(dup(
+            codec.decode(&mut publish(&[0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 1]))
+        ));
+        assert!(codec.decode(&mut publish(&[0x0B, 1, 0x0B, 2])).is_ok());
+        assert!(codec.decode(&mut publish(&[])).is_ok());
     }
 
     #[test]

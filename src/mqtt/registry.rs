@@ -3,6 +3,7 @@
 //! link back to the router, so the router never sees two links for one client id. Also keeps
 //! the edge-side part of persistent sessions (subscribed filters) and pending delayed wills.
 
+use super::session::Carry;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -23,6 +24,8 @@ struct Inner {
     live: HashMap<String, Entry>,
     /// Filters of persistent sessions that are offline.
     saved: HashMap<String, HashSet<String>>,
+    /// Unfinished deliveries of persistent sessions that are offline, for the next connection.
+    carried: HashMap<String, Carry>,
     /// Wills waiting for their delay interval, cancelled when the client comes back.
     pending_wills: HashMap<String, CancellationToken>,
     /// Session expiry timers of offline v5 sessions, cancelled when the client comes back.
@@ -107,6 +110,7 @@ impl Registry {
         let mut inner = self.inner.lock();
         let saved = inner.saved.remove(client_id);
         if clean {
+            inner.carried.remove(client_id);
             HashSet::new()
         } else {
             saved.unwrap_or_default()
@@ -119,6 +123,21 @@ impl Registry {
             .lock()
             .saved
             .insert(client_id.to_string(), filters);
+    }
+
+    /// Keeps what an offline persistent session owes its client on the next connection.
+    pub(crate) fn save_carry(&self, client_id: &str, carry: Carry) {
+        let mut inner = self.inner.lock();
+        if carry.is_empty() {
+            inner.carried.remove(client_id);
+        } else {
+            inner.carried.insert(client_id.to_string(), carry);
+        }
+    }
+
+    /// Takes what the previous connection of a session left (`None` after a clean start).
+    pub(crate) fn take_carry(&self, client_id: &str) -> Option<Carry> {
+        self.inner.lock().carried.remove(client_id)
     }
 
     /// Records a session expiry timer so a reconnect can cancel it.

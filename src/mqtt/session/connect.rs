@@ -12,8 +12,19 @@ pub(super) async fn read_connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         match detect_version(&io.rbuf, limits.max_packet_size) {
             Ok(Some(version)) => {
                 let codec = Codec::new(version, limits.max_packet_size);
-                if let Some(frame) = codec.decode(&mut io.rbuf)? {
-                    return Ok((codec, frame.packet));
+                match codec.decode(&mut io.rbuf) {
+                    Ok(Some(frame)) => return Ok((codec, frame.packet)),
+                    Ok(None) => {}
+                    Err(CodecError::Protocol(why)) if version == Version::V5 => {
+                        // A v5 client learns why: CONNACK 0x82, then close [MQTT-4.13.1-1].
+                        let ack = ConnAck {
+                            session_present: false,
+                            code: ConnectReturnCode::ProtocolError,
+                        };
+                        refuse_connect(io, &codec, ack, why).await?;
+                        return Err(CodecError::Protocol(why).into());
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             Ok(None) => {}
@@ -165,6 +176,7 @@ pub(super) async fn run_connected<R, W>(
     let filters = broker
         .registry
         .restore_filters(&client_id, connect.clean_session);
+    let carry = broker.registry.take_carry(&client_id);
     // Session lifetime. v3.1.1: clean → ends at disconnect, persistent → forever. v5: the
     // Session Expiry Interval (absent = 0) [MQTT-3.1.2-23].
     let expiry = match (&codec.version, &info.props) {
@@ -271,6 +283,14 @@ pub(super) async fn run_connected<R, W>(
         aliases: HashMap::new(),
         unacked_in_batch: 0,
         outgoing_order: VecDeque::new(),
+        rel_sent: HashSet::new(),
+        comp_order: VecDeque::new(),
+        comp_early: HashSet::new(),
+        // What the previous connection left only applies to the router session it left.
+        pkids: match carry {
+            Some(c) if connected.session_present => resend::Pkids::resume(c),
+            _ => Default::default(),
+        },
         no_local: HashSet::new(),
         qos2_subs: HashSet::new(),
         rap_subs: HashSet::new(),

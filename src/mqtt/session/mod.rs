@@ -13,7 +13,9 @@ pub use connect::{schedule_expiry, schedule_will};
 mod durable;
 mod outgoing;
 mod publish;
+mod resend;
 mod subscribe;
+pub(crate) use resend::Carry;
 
 use super::codec::{Codec, CodecError, Version, detect_version};
 use super::internal::INTERNAL_CLIENT_ID;
@@ -130,6 +132,7 @@ fn note_failure(broker: &Broker, e: &SessionError) {
     let reason = match e {
         SessionError::ConnectTimeout => DropReason::ConnectTimeout,
         SessionError::Codec(CodecError::TooLarge { .. }) => DropReason::PacketTooLarge,
+        SessionError::Codec(CodecError::Protocol(_)) => DropReason::Protocol,
         SessionError::Codec(_) => DropReason::Malformed,
         SessionError::Protocol(_) => DropReason::Protocol,
         SessionError::TopicInvalid(_) => DropReason::TopicInvalid,
@@ -208,7 +211,17 @@ struct Session<R, W> {
     /// Outgoing QoS 1/2 publishes in the order the router sent them, with the ack to hand back
     /// once known. The router accepts acks only in that order, and some are the edge's own
     /// (messages delivered at a lower QoS than the subscription's).
-    outgoing_order: VecDeque<(u16, Option<Packet>)>,
+    outgoing_order: VecDeque<outgoing::Delivery>,
+    /// Router QoS 2 deliveries whose PUBREL the edge sent the client on its PUBREC, without
+    /// waiting for the router's (which is then not forwarded).
+    rel_sent: HashSet<u16>,
+    /// Router QoS 2 deliveries whose PUBREC the router has, in that order (the order it takes
+    /// PUBCOMPs in), and whether their PUBCOMP may go.
+    comp_order: VecDeque<(u16, bool)>,
+    /// PUBCOMPs from the client whose PUBREC still waits in `outgoing_order`.
+    comp_early: HashSet<u16>,
+    /// Packet ids as the client knows them, and resends after a reconnect (see `resend`).
+    pkids: resend::Pkids,
     request_problem_info: bool,
     /// Incoming QoS 2 packet ids between PUBREC and PUBREL.
     qos2_incoming: HashSet<u16>,
@@ -437,24 +450,31 @@ where
                 ));
                 Ok(())
             }
-            Packet::PubAck(a, _) => {
+            Packet::PubAck(mut a, _) => {
                 let pkid = a.pkid;
                 if !self.replay_ack(pkid, durable::AckKind::Ack)? {
+                    a.pkid = self.pkids.router_pkid(pkid, true);
                     self.client_acked(pkid, Packet::PubAck(a, None));
                 }
                 Ok(())
             }
-            Packet::PubRec(a, _) => {
+            Packet::PubRec(mut a, _) => {
                 let pkid = a.pkid;
                 if !self.replay_ack(pkid, durable::AckKind::Rec)? {
+                    // A refusal ends the flow; otherwise PUBCOMP comes under the same id.
+                    let ends = !matches!(
+                        a.reason,
+                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                    );
+                    a.pkid = self.pkids.router_pkid(pkid, ends);
                     self.client_acked(pkid, Packet::PubRec(a, None));
                 }
                 Ok(())
             }
             Packet::PubComp(a, _) => {
                 if !self.replay_ack(a.pkid, durable::AckKind::Comp)? {
-                    self.client_done();
-                    self.to_router.push_back(Packet::PubComp(a, None));
+                    let pkid = self.pkids.router_pkid(a.pkid, true);
+                    self.client_completed(pkid);
                 }
                 Ok(())
             }

@@ -1,7 +1,20 @@
 //! The outgoing half of a session — what the router sends a client — and how a session ends.
 
+use super::resend::{Carry, Owed, Shown};
 use super::*;
 use bytes::BufMut;
+
+/// A router QoS 1/2 delivery whose ack the router has not had yet (it takes acks only in the
+/// order it sent the publishes).
+pub(super) struct Delivery {
+    /// The router's packet id.
+    pkid: u16,
+    /// The ack to hand the router once every earlier one went.
+    ack: Option<Packet>,
+    /// What the client was sent, for a resend after a reconnect (persistent sessions; `None`
+    /// for deliveries the edge finished itself).
+    shown: Option<Shown>,
+}
 
 /// What the edge does with one delivery, decided from its metadata.
 #[derive(Debug, Default)]
@@ -12,6 +25,9 @@ pub(super) struct Fate {
     published_qos: Option<u8>,
     /// Its sequence in the store's offline queues, when it was queued there.
     stored: Option<u64>,
+    /// Topic and payload as the router's log holds them (persistent sessions), to recognise
+    /// the message when the router sends it again after a reconnect.
+    msg: Option<(Bytes, Bytes)>,
 }
 
 impl<R, W> Session<R, W>
@@ -48,7 +64,10 @@ where
                             Packet::SubAck(a, _) => Some(a.pkid),
                             _ => None,
                         };
-                        let (p, fate) = self.take_meta(p);
+                        let (p, mut fate) = self.take_meta(p);
+                        if let (true, Packet::Publish(publish, _)) = (self.router_persistent, &p) {
+                            fate.msg = Some((publish.topic.clone(), publish.payload.clone()));
+                        }
                         if let Err(e) = self.codec.encode(p, &mut self.io.wbuf) {
                             tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable packet");
                         } else if publish {
@@ -188,13 +207,75 @@ where
             self.release_stored(pkid);
             return;
         }
+        let assigned = self.pkids.assign(pkid, fate.msg.as_ref());
+        let client_pkid = assigned.client_pkid;
+        match assigned.owed {
+            Some(Owed::Nothing) => {
+                // Acknowledged by the client on an earlier connection.
+                buf.truncate(start);
+                self.complete_for_client(pkid, qos);
+                self.release_stored(pkid);
+                return;
+            }
+            Some(Owed::PubRel) => {
+                // The client sent PUBREC on an earlier connection: it is owed the PUBREL
+                // [MQTT-4.4.0-1], and the router the PUBREC.
+                buf.truncate(start);
+                let rel = Packet::PubRel(
+                    PubRel {
+                        pkid: client_pkid,
+                        reason: PubRelReason::Success,
+                    },
+                    None,
+                );
+                if let Err(e) = self.codec.encode(rel, &mut self.io.wbuf) {
+                    tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable PUBREL");
+                }
+                self.rel_sent.insert(pkid);
+                self.client_inflight += 1;
+                let ack = PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                };
+                let shown = fate.msg.map(|(topic, payload)| Shown {
+                    client_pkid,
+                    topic,
+                    payload,
+                });
+                self.outgoing_order.push_back(Delivery {
+                    pkid,
+                    ack: Some(Packet::PubRec(ack, None)),
+                    shown,
+                });
+                self.release_stored(pkid);
+                self.release_acks();
+                return;
+            }
+            Some(Owed::Publish) => {
+                // A resend [MQTT-3.3.1-1].
+                buf[start] |= 0x08;
+            }
+            None => {}
+        }
+        if client_pkid != pkid {
+            buf[pk_at..pk_at + 2].copy_from_slice(&client_pkid.to_be_bytes());
+        }
         if qos == 2 && fate.published_qos == Some(1) {
             // Published at QoS 1 to a QoS 2 subscription: the client gets QoS 1; its PUBACK
             // becomes the router's PUBREC.
             buf[start] = (buf[start] & !0b0110) | 0b0010;
             self.downgraded2.insert(pkid);
         }
-        self.outgoing_order.push_back((pkid, None));
+        let shown = fate.msg.map(|(topic, payload)| Shown {
+            client_pkid,
+            topic,
+            payload,
+        });
+        self.outgoing_order.push_back(Delivery {
+            pkid,
+            ack: None,
+            shown,
+        });
         if self.client_inflight >= self.client_receive_max {
             let held = buf.split_off(start).freeze();
             self.held.push_back(held);
@@ -225,7 +306,11 @@ where
                 None,
             )
         };
-        self.outgoing_order.push_back((pkid, Some(ack)));
+        self.outgoing_order.push_back(Delivery {
+            pkid,
+            ack: Some(ack),
+            shown: None,
+        });
         self.release_acks();
     }
 
@@ -241,20 +326,49 @@ where
         }
     }
 
-    /// The client acknowledged an outgoing publish; hand acks to the router in its order.
-    pub(super) fn client_acked(&mut self, pkid: u16, ack: Packet) {
+    /// The client acknowledged an outgoing publish (under its packet id `client_pkid`; `ack`
+    /// carries the router's); hand acks to the router in its order.
+    pub(super) fn client_acked(&mut self, client_pkid: u16, ack: Packet) {
         let ack = match ack {
-            Packet::PubAck(..) if self.downgraded2.remove(&pkid) => {
-                self.edge_qos2.insert(pkid);
+            Packet::PubAck(a, _) if self.downgraded2.remove(&a.pkid) => {
+                self.edge_qos2.insert(a.pkid);
                 Packet::PubRec(
                     PubRec {
-                        pkid,
+                        pkid: a.pkid,
                         reason: PubRecReason::Success,
                     },
                     None,
                 )
             }
+            Packet::PubRec(a, _) if !self.edge_qos2.contains(&a.pkid) => {
+                if matches!(
+                    a.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                ) {
+                    // PUBREL at once [MQTT-4.3.3-4] (v5) [MQTT-4.3.3-1] (3.1.1): the router's
+                    // own PUBREL only comes once it has this PUBREC, which may wait behind
+                    // acks the client still owes for earlier deliveries.
+                    self.rel_sent.insert(a.pkid);
+                    self.acks.push(Packet::PubRel(
+                        PubRel {
+                            pkid: client_pkid,
+                            reason: PubRelReason::Success,
+                        },
+                        None,
+                    ));
+                } else {
+                    // A refusal ends the flow [MQTT-4.3.3-4]: no PUBREL for the client; the
+                    // edge answers the router's.
+                    self.edge_qos2.insert(a.pkid);
+                }
+                Packet::PubRec(a, None)
+            }
             other => other,
+        };
+        let pkid = match &ack {
+            Packet::PubAck(a, _) => a.pkid,
+            Packet::PubRec(a, _) => a.pkid,
+            _ => return,
         };
         if matches!(ack, Packet::PubAck(..)) || self.edge_qos2.contains(&pkid) {
             self.client_done();
@@ -264,21 +378,110 @@ where
         match self
             .outgoing_order
             .iter_mut()
-            .find(|(p, a)| *p == pkid && a.is_none())
+            .find(|d| d.pkid == pkid && d.ack.is_none())
         {
-            Some(entry) => entry.1 = Some(ack),
+            Some(entry) => entry.ack = Some(ack),
             // Not ours to order (e.g. resent after a reconnect): the router judges it.
             None => self.to_router.push_back(ack),
         }
         self.release_acks();
     }
 
-    fn release_acks(&mut self) {
-        while matches!(self.outgoing_order.front(), Some((_, Some(_)))) {
-            if let Some((_, Some(ack))) = self.outgoing_order.pop_front() {
-                self.to_router.push_back(ack);
-            }
+    /// The client sent PUBCOMP for a router delivery (by the router's packet id). The router
+    /// takes PUBCOMPs in the order it got the PUBRECs, and only after the PUBREC.
+    pub(super) fn client_completed(&mut self, pkid: u16) {
+        self.client_done();
+        if let Some(entry) = self
+            .comp_order
+            .iter_mut()
+            .find(|(p, done)| *p == pkid && !done)
+        {
+            entry.1 = true;
+            self.release_comps();
+        } else if self.rel_sent.contains(&pkid) {
+            // Its PUBREC still waits in `outgoing_order`.
+            self.comp_early.insert(pkid);
+        } else {
+            // Not ours to order: the router judges it.
+            self.to_router.push_back(Packet::PubComp(
+                PubComp {
+                    pkid,
+                    reason: PubCompReason::Success,
+                },
+                None,
+            ));
         }
+    }
+
+    fn release_acks(&mut self) {
+        while matches!(self.outgoing_order.front(), Some(d) if d.ack.is_some()) {
+            let Some(Delivery { ack: Some(ack), .. }) = self.outgoing_order.pop_front() else {
+                break;
+            };
+            if let Packet::PubRec(rec, _) = &ack {
+                // The router now owes a PUBREL and takes a PUBCOMP, in this order.
+                let done = self.comp_early.remove(&rec.pkid);
+                self.comp_order.push_back((rec.pkid, done));
+            }
+            self.to_router.push_back(ack);
+        }
+        self.release_comps();
+    }
+
+    /// The edge completes a QoS 2 flow towards the router in the client's place.
+    fn router_completed(&mut self, pkid: u16) {
+        if let Some(entry) = self
+            .comp_order
+            .iter_mut()
+            .find(|(p, done)| *p == pkid && !done)
+        {
+            entry.1 = true;
+        }
+        self.release_comps();
+    }
+
+    fn release_comps(&mut self) {
+        while let Some(&(pkid, true)) = self.comp_order.front() {
+            self.comp_order.pop_front();
+            let reason = PubCompReason::Success;
+            self.to_router
+                .push_back(Packet::PubComp(PubComp { pkid, reason }, None));
+        }
+    }
+
+    /// What this connection leaves for the next one of the session (see `resend`).
+    pub(super) fn carry(&self) -> Carry {
+        let mut carry = Carry::default();
+        // Publishes held for the client's Receive Maximum are the newest unacknowledged ones;
+        // the client never saw them, so they are plain deliveries next time.
+        let mut unsent = self.held.len();
+        let mut owed = Vec::new();
+        for d in self.outgoing_order.iter().rev() {
+            let Some(shown) = &d.shown else { continue };
+            let what = match &d.ack {
+                None if unsent > 0 => {
+                    unsent -= 1;
+                    continue;
+                }
+                None => Owed::Publish,
+                Some(Packet::PubRec(..))
+                    if self.rel_sent.contains(&d.pkid) && !self.comp_early.contains(&d.pkid) =>
+                {
+                    Owed::PubRel
+                }
+                Some(_) => Owed::Nothing,
+            };
+            owed.push((shown, what));
+        }
+        for (shown, what) in owed.into_iter().rev() {
+            carry.push(shown, what);
+        }
+        for &(pkid, done) in &self.comp_order {
+            let client =
+                (!done && !self.edge_qos2.contains(&pkid)).then(|| self.pkids.client_pkid(pkid));
+            carry.push_rel(pkid, client);
+        }
+        carry
     }
 
     /// Adjusts what the router sends before it reaches the client.
@@ -311,13 +514,29 @@ where
                 let (_, reasons) = self.pending_unsuback.remove(&ack.pkid)?;
                 Some(unsuback(ack.pkid, reasons, self.codec.version))
             }
+            // The edge sent the client its PUBREL already (see `client_acked`).
+            Packet::PubRel(rel, _) if self.rel_sent.remove(&rel.pkid) => None,
             Packet::PubRel(rel, _) if self.edge_qos2.remove(&rel.pkid) => {
                 // A QoS 2 delivery the edge completed for the client.
-                let pkid = rel.pkid;
-                let reason = PubCompReason::Success;
-                self.to_router
-                    .push_back(Packet::PubComp(PubComp { pkid, reason }, None));
+                self.router_completed(rel.pkid);
                 None
+            }
+            Packet::PubRel(mut rel, props) => {
+                // A PUBREL the router resends for a flow of an earlier connection (or one it
+                // was handed unordered): its PUBCOMP comes before any of this connection's.
+                let pkid = rel.pkid;
+                self.comp_order.push_back((pkid, false));
+                match self.pkids.resent_rel(pkid) {
+                    Some(None) => {
+                        self.router_completed(pkid);
+                        None
+                    }
+                    Some(Some(client_pkid)) => {
+                        rel.pkid = client_pkid;
+                        Some(Packet::PubRel(rel, props))
+                    }
+                    None => Some(Packet::PubRel(rel, props)),
+                }
             }
             // Acks for client publishes and pings are the edge's job (see module docs).
             Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) | Packet::PingResp(_) => {
@@ -339,7 +558,7 @@ where
             SessionError::Codec(CodecError::TooLarge { .. }) => {
                 (Some(DisconnectReasonCode::PacketTooLarge), true)
             }
-            SessionError::Codec(CodecError::Auth) => {
+            SessionError::Codec(CodecError::Auth | CodecError::Protocol(_)) => {
                 (Some(DisconnectReasonCode::ProtocolError), true)
             }
             SessionError::Codec(_) => (Some(DisconnectReasonCode::MalformedPacket), true),
@@ -421,6 +640,9 @@ where
             self.broker
                 .registry
                 .save_filters(&self.client_id, std::mem::take(&mut self.filters));
+            self.broker
+                .registry
+                .save_carry(&self.client_id, self.carry());
             return;
         }
         let expiry = self.closing_expiry(why);
@@ -432,6 +654,13 @@ where
         self.broker
             .registry
             .save_filters(&self.client_id, std::mem::take(&mut self.filters));
+        // After an unfinished replay the router's session was ended (`store_disconnected`):
+        // it re-sends nothing, so there is nothing to carry.
+        if self.replay.is_empty() {
+            self.broker
+                .registry
+                .save_carry(&self.client_id, self.carry());
+        }
         if expiry == u32::MAX {
             return;
         }
