@@ -339,6 +339,37 @@ async fn a_slow_handler_does_not_stall_other_clients_and_order_holds_per_client(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn props_of_a_message_without_properties_can_be_read_and_set() {
+    let d = Dir::new();
+    let s = d.script(
+        "p.lua",
+        r#"
+        return { on_publish = function(msg, ctx)
+          if ctx.matches[1] == "read" then
+            -- Reading the (empty) props must not count as a change.
+            assert(msg.props.content_type == nil and next(msg.props.user) == nil)
+            return msg
+          end
+          msg.props.content_type = "text/plain"
+          msg.props.user.room = "hall"
+          return msg
+        end }
+    "#,
+    );
+    let e = start(
+        d.config(vec![block("p", &s, BlockEvent::BeforePublish, &["p/+"])]),
+        Collect::new(),
+    );
+    assert_eq!(e.before_publish(msg("p/read", "x")).await, Verdict::Pass);
+    let Verdict::Modify(m) = e.before_publish(msg("p/set", "x")).await else {
+        panic!("expected a modify")
+    };
+    assert_eq!(m.props.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(m.props.user, vec![("room".to_string(), "hall".to_string())]);
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_from_several_clients_keeps_each_clients_order_and_its_slots() {
     let d = Dir::new();
     // Numbers each client's messages; unbound topics in the batch must pass untouched.

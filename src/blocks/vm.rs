@@ -147,17 +147,36 @@ impl<F: Future> Drop for Guarded<F> {
 
 /// Builds `msg` and `ctx` inside Lua and tail-calls the handler. Creating the two tables from
 /// Rust costs a protected call per field; this way they cost a few VM instructions.
+///
+/// Most messages carry no properties; their `msg.props` (two tables) is only built when the
+/// handler first reads it, through a metatable shared by all messages, which keeps the
+/// per-message garbage down. A handler that never reads `props` returns none, which the
+/// engine reads as "unchanged".
 const PUBLISH_ENTRY: &str = r#"
 local handler = ...
+local rawset, setmetatable = rawset, setmetatable
+local lazy_props = {
+  __metatable = false,
+  __index = function(t, k)
+    if k == "props" then
+      local p = { user = {} }
+      rawset(t, "props", p)
+      return p
+    end
+  end,
+}
 return function(topic, payload, qos, retain, client_id, username, received_at,
                 user, ct, rt, cd, mei, pfi, block, hop, ...)
-  return handler(
-    { topic = topic, payload = payload, qos = qos, retain = retain, client_id = client_id,
-      username = username, received_at = received_at,
-      props = { content_type = ct, response_topic = rt, correlation_data = cd,
-                message_expiry_interval = mei, payload_format_indicator = pfi,
-                user = user or {} } },
-    { block = block, hop = hop, matches = { ... } })
+  local msg = { topic = topic, payload = payload, qos = qos, retain = retain,
+                client_id = client_id, username = username, received_at = received_at }
+  if user or ct or rt or cd or mei or pfi then
+    msg.props = { content_type = ct, response_topic = rt, correlation_data = cd,
+                  message_expiry_interval = mei, payload_format_indicator = pfi,
+                  user = user or {} }
+  else
+    setmetatable(msg, lazy_props)
+  end
+  return handler(msg, { block = block, hop = hop, matches = { ... } })
 end
 "#;
 
