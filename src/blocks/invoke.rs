@@ -63,7 +63,7 @@ pub(crate) async fn on_publish(
 ) -> Result<Outcome, ScriptFailure> {
     let started = Instant::now();
     let result = async {
-        let args = verdict::publish_args(vm.lua(), msg, &vm.name, matches)
+        let args = verdict::publish_args(vm.lua(), &vm.strings, msg, &vm.name, matches)
             .map_err(|e| vm.arg_failure(&e))?;
         let values = vm
             .call(args, vm.invocation(msg.origin.hop, recorder))

@@ -54,10 +54,48 @@ fn marker(ud: &AnyUserData) -> Option<VerdictMarker> {
     ud.borrow::<VerdictMarker>().ok().map(|m| m.clone())
 }
 
+/// The last few short strings a state was given (topics, client ids, wildcard captures), so a
+/// burst of one device's messages does not make them again: with a memory limit set, every
+/// string made from Rust is a protected call into Lua, the largest cost of a pass-through
+/// block. Payloads are never cached.
+#[derive(Default)]
+pub(crate) struct StrCache {
+    entries: std::cell::RefCell<Vec<(Box<[u8]>, LuaString)>>,
+    next: std::cell::Cell<usize>,
+}
+
+impl StrCache {
+    const SLOTS: usize = 8;
+    /// Longer strings are rarely repeated and not worth comparing.
+    const MAX_LEN: usize = 128;
+
+    pub(crate) fn get(&self, lua: &Lua, s: &[u8]) -> mlua::Result<LuaString> {
+        if s.len() > Self::MAX_LEN {
+            return lua.create_string(s);
+        }
+        let mut entries = self.entries.borrow_mut();
+        if let Some((_, v)) = entries.iter().find(|(k, _)| &k[..] == s) {
+            return Ok(v.clone());
+        }
+        let v = lua.create_string(s)?;
+        if entries.len() < Self::SLOTS {
+            entries.push((s.into(), v.clone()));
+        } else {
+            let i = self.next.get() % Self::SLOTS;
+            self.next.set(i + 1);
+            if let Some(slot) = entries.get_mut(i) {
+                *slot = (s.into(), v.clone());
+            }
+        }
+        Ok(v)
+    }
+}
+
 /// Arguments of the `on_publish` entry function (see `vm::PUBLISH_ENTRY`): the message's
 /// fields flat, then `block`, `hop` and the wildcard captures.
 pub(crate) fn publish_args(
     lua: &Lua,
+    cache: &StrCache,
     msg: &Message,
     block: &LuaString,
     matches: &[String],
@@ -70,11 +108,13 @@ pub(crate) fn publish_args(
         })
     };
     let mut args = Vec::with_capacity(15 + matches.len());
-    args.push(Value::String(lua.create_string(&msg.topic)?));
+    args.push(Value::String(cache.get(lua, msg.topic.as_bytes())?));
     args.push(Value::String(lua.create_string(&msg.payload)?));
     args.push(Value::Integer(msg.qos.into()));
     args.push(Value::Boolean(msg.retain));
-    args.push(Value::String(lua.create_string(&msg.origin.client_id)?));
+    args.push(Value::String(
+        cache.get(lua, msg.origin.client_id.as_bytes())?,
+    ));
     args.push(opt_str(&msg.origin.username)?);
     args.push(Value::Integer(
         i64::try_from(msg.received_at).unwrap_or(i64::MAX),
@@ -101,7 +141,7 @@ pub(crate) fn publish_args(
     args.push(Value::String(block.clone()));
     args.push(Value::Integer(msg.origin.hop.into()));
     for m in matches {
-        args.push(Value::String(lua.create_string(m)?));
+        args.push(Value::String(cache.get(lua, m.as_bytes())?));
     }
     Ok(MultiValue::from_vec(args))
 }

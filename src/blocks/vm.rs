@@ -23,6 +23,7 @@ use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, Value, VmState};
 use super::host::{self, HostCtx, Recorder, Services};
 use super::plan::{BlockSpec, LibCache, Settings};
 use super::sandbox;
+use super::verdict::StrCache;
 
 /// VM instructions between two deadline checks: ~10-50 µs of Lua, cheap enough to be always on.
 pub const HOOK_EVERY: u32 = 1000;
@@ -187,6 +188,8 @@ pub(crate) struct BlockVm {
     entry: Function,
     /// The block's name as a Lua string, made once (it is in every `ctx`).
     pub name: mlua::LuaString,
+    /// Recent topics and client ids as Lua strings (see [`StrCache`]).
+    pub strings: StrCache,
     /// `file:line` where the handler is defined, for errors without a better location.
     pub handler_at: String,
     slot: Rc<Slot>,
@@ -276,6 +279,7 @@ impl BlockVm {
             lua,
             entry,
             name: block_name,
+            strings: StrCache::default(),
             handler_at,
             slot,
             host,
