@@ -15,7 +15,7 @@
 use std::rc::Rc;
 
 use mlua::{LightUserData, Lua, LuaString, Table, Value};
-use serde_json::{Map, Number, Value as Json};
+use serde_json::{Number, Value as Json};
 
 const MAX_DEPTH: usize = 128;
 
@@ -38,9 +38,11 @@ pub(crate) fn install(lua: &Lua, g: &Table) -> mlua::Result<()> {
     json.raw_set(
         "encode",
         lua.create_function(move |_, v: Value| {
-            let j = to_json(&v, &mt, 0)
+            let mut out = Vec::with_capacity(128);
+            encode(&v, &mt, 0, &mut out)
                 .map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))?;
-            serde_json::to_string(&j).map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))
+            // Only valid UTF-8 strings and JSON syntax were written; the check keeps it honest.
+            String::from_utf8(out).map_err(|e| mlua::Error::runtime(format!("json.encode: {e}")))
         })?,
     )?;
 
@@ -87,43 +89,69 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-pub(crate) fn to_json(v: &Value, array_mt: &Table, depth: usize) -> Result<Json, String> {
-    Ok(match v {
-        Value::Nil => Json::Null,
-        v if is_null(v) => Json::Null,
-        Value::Boolean(b) => Json::Bool(*b),
-        Value::Integer(i) => Json::Number((*i).into()),
+/// Writes `v` as JSON straight into `out`: no intermediate `serde_json::Value` (a map, a
+/// `String` per key and value), which made encoding cost twice the parse.
+fn encode(v: &Value, array_mt: &Table, depth: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    match v {
+        Value::Nil => out.extend_from_slice(b"null"),
+        v if is_null(v) => out.extend_from_slice(b"null"),
+        Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Integer(i) => write_json(out, i)?,
         Value::Number(f) => {
-            Json::Number(Number::from_f64(*f).ok_or("NaN and infinity cannot be encoded")?)
+            let n = Number::from_f64(*f).ok_or("NaN and infinity cannot be encoded")?;
+            write_json(out, &n)?;
         }
-        Value::String(s) => Json::String(
-            std::str::from_utf8(&s.as_bytes())
-                .map_err(|_| {
-                    "string is not valid UTF-8 (encode binary data with codec.base64_encode)"
-                        .to_owned()
-                })?
-                .to_owned(),
-        ),
+        Value::String(s) => write_json(out, utf8(&s.as_bytes())?)?,
         Value::Table(t) => {
             if depth >= MAX_DEPTH {
                 return Err(format!("nested deeper than {MAX_DEPTH} (or a cycle)"));
             }
-            table_to_json(t, array_mt, depth + 1)?
+            encode_table(t, array_mt, depth + 1, out)?;
         }
         other => return Err(format!("{} cannot be encoded", kind(other))),
+    }
+    Ok(())
+}
+
+fn utf8(b: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(b).map_err(|_| {
+        "string is not valid UTF-8 (encode binary data with codec.base64_encode)".to_owned()
     })
 }
 
-fn table_to_json(t: &Table, array_mt: &Table, depth: usize) -> Result<Json, String> {
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), String> {
+    serde_json::to_writer(out, v).map_err(|e| e.to_string())
+}
+
+fn encode_array<'a>(
+    items: impl Iterator<Item = &'a Value>,
+    array_mt: &Table,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    out.push(b'[');
+    for (i, v) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        encode(v, array_mt, depth, out)?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
+fn encode_table(
+    t: &Table,
+    array_mt: &Table,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     let marked = t.metatable().is_some_and(|mt| mt == *array_mt);
     if marked {
         let items = (1..=t.raw_len())
-            .map(|i| {
-                let v: Value = t.raw_get(i).map_err(|e| e.to_string())?;
-                to_json(&v, array_mt, depth)
-            })
+            .map(|i| t.raw_get::<Value>(i).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Json::Array(items));
+        return encode_array(items.iter(), array_mt, depth, out);
     }
     let mut entries = Vec::new();
     for pair in t.pairs::<Value, Value>() {
@@ -135,18 +163,19 @@ fn table_to_json(t: &Table, array_mt: &Table, depth: usize) -> Result<Json, Stri
             .iter()
             .all(|(k, _)| matches!(k, Value::Integer(i) if *i >= 1 && usize::try_from(*i).is_ok_and(|i| i <= n)));
     if is_sequence {
-        let mut items = vec![Json::Null; n];
-        for (k, v) in &entries {
-            if let Value::Integer(i) = k {
-                let idx = usize::try_from(*i - 1).map_err(|e| e.to_string())?;
-                items[idx] = to_json(v, array_mt, depth)?;
+        let mut items = vec![Value::Nil; n];
+        for (k, v) in entries {
+            if let Value::Integer(i) = k
+                && let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| items.get_mut(i))
+            {
+                *slot = v;
             }
         }
-        return Ok(Json::Array(items));
+        return encode_array(items.iter(), array_mt, depth, out);
     }
-    let mut map = Map::new();
-    for (k, v) in &entries {
-        let key = match k {
+    let mut keyed = Vec::with_capacity(n);
+    for (k, v) in entries {
+        let key = match &k {
             Value::String(s) => std::str::from_utf8(&s.as_bytes())
                 .map_err(|_| "object key is not valid UTF-8".to_owned())?
                 .to_owned(),
@@ -158,9 +187,23 @@ fn table_to_json(t: &Table, array_mt: &Table, depth: usize) -> Result<Json, Stri
                 ));
             }
         };
-        map.insert(key, to_json(v, array_mt, depth)?);
+        keyed.push((key, v));
     }
-    Ok(Json::Object(map))
+    // Sorted keys, so equal tables encode equally; a key given both as an integer and as a
+    // string keeps one entry.
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.dedup_by(|a, b| a.0 == b.0);
+    out.push(b'{');
+    for (i, (k, v)) in keyed.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json(out, k.as_str())?;
+        out.push(b':');
+        encode(v, array_mt, depth, out)?;
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 pub(crate) fn to_lua(lua: &Lua, j: &Json, array_mt: &Table) -> mlua::Result<Value> {
