@@ -92,8 +92,9 @@ struct Header {
     components: Vec<Component>,
     /// Quantisation tables in zigzag order.
     qt: [Option<[u16; 64]>; 4],
-    dc: [Option<Huffman>; 4],
-    ac: [Option<Huffman>; 4],
+    /// Boxed: the lookup tables are kilobytes each and the header is moved around.
+    dc: [Option<Box<Huffman>>; 4],
+    ac: [Option<Box<Huffman>>; 4],
     restart_interval: usize,
     /// Offset of the first entropy-coded byte.
     scan_start: usize,
@@ -240,7 +241,7 @@ fn parse_dht(mut seg: &[u8], h: &mut Header) -> Result<(), FastError> {
             .ok_or(FastError::Truncated)?;
         let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
         let symbols = rest.get(16..16 + total).ok_or(FastError::Truncated)?;
-        let table = Huffman::new(&counts, symbols)?;
+        let table = Huffman::new(&counts, symbols, class == 1)?;
         if class == 0 {
             h.dc[slot] = Some(table);
         } else {
@@ -290,13 +291,31 @@ fn parse_sos(seg: &[u8], h: &mut Header) -> Result<(), FastError> {
 // Huffman decoding
 
 /// Bits resolved by one table lookup; 11 covers nearly every code of typical camera tables
-/// while the table (4 KiB) stays in L1.
+/// while the tables (4–8 KiB each) stay in L1.
 const LOOKAHEAD: u32 = 11;
+
+/// [`Huffman::values`] entry layout: total bits (code + value) in the low 4 bits (0: not in the
+/// table), the zero run in bits 4–7, end of block in bit 8, the coefficient in the high 16 bits.
+const VAL_LEN: u32 = 0xF;
+const VAL_EOB: u32 = 1 << 8;
+
+/// [`Huffman::skip`] entry layout: total bits in the low 4 bits (0: no whole symbol fits), the
+/// advance in zigzag positions in bits 4–10, end of block in bit 15.
+const SKIP_LEN: u16 = 0xF;
+const SKIP_EOB: u16 = 1 << 15;
 
 struct Huffman {
     /// Indexed by the next `LOOKAHEAD` bits: `code length << 8 | symbol`, 0 when the code is
     /// longer.
     fast: [u16; 1 << LOOKAHEAD],
+    /// AC tables only, indexed like `fast`: symbol and coefficient value decoded in one step
+    /// when code and value bits both fit in the lookahead (most coefficients that are kept).
+    /// End of block is included; ZRL is not, so its range check stays on the general path.
+    values: [u32; 1 << LOOKAHEAD],
+    /// AC tables only, indexed like `fast`: how many bits and zigzag positions the whole
+    /// symbols (code and value) in the window cover, up to and including an end of block. Skipped
+    /// coefficients average about 5 bits, so one lookup steps over two of them on typical data.
+    skip: [u16; 1 << LOOKAHEAD],
     /// Canonical decoding for longer codes (JPEG F.2.2.3): per length, the largest code (or -1)
     /// and the offset from a code to its symbol index.
     max_code: [i32; 17],
@@ -305,13 +324,15 @@ struct Huffman {
 }
 
 impl Huffman {
-    fn new(counts: &[u8; 16], symbols: &[u8]) -> Result<Self, FastError> {
-        let mut t = Huffman {
+    fn new(counts: &[u8; 16], symbols: &[u8], ac: bool) -> Result<Box<Self>, FastError> {
+        let mut t = Box::new(Huffman {
             fast: [0; 1 << LOOKAHEAD],
+            values: [0; 1 << LOOKAHEAD],
+            skip: [0; 1 << LOOKAHEAD],
             max_code: [-1; 17],
             val_offset: [0; 17],
             symbols: [0; 256],
-        };
+        });
         if symbols.len() > 256 {
             return Err(FastError::Corrupt("Huffman table over 256 symbols"));
         }
@@ -334,6 +355,9 @@ impl Huffman {
                     {
                         *slot = entry;
                     }
+                    if ac {
+                        fill_values(&mut t.values, code as usize, len as u32, symbols[k]);
+                    }
                 }
                 code += 1;
                 k += 1;
@@ -346,8 +370,96 @@ impl Huffman {
             }
             code <<= 1;
         }
+        if ac {
+            build_skip(&t.fast, &mut t.skip);
+        }
         Ok(t)
     }
+}
+
+/// Fills the [`Huffman::values`] entries of one AC code: one per value its bits can hold, each
+/// covering every continuation of the window.
+fn fill_values(values: &mut [u32; 1 << LOOKAHEAD], code: usize, len: u32, rs: u8) {
+    let (run, size) = (u32::from(rs >> 4), u32::from(rs & 0x0F));
+    if size == 0 {
+        if run != 15 {
+            let shift = LOOKAHEAD - len;
+            let first = code << shift;
+            let entry = len | VAL_EOB;
+            for slot in values
+                .get_mut(first..first + (1 << shift))
+                .into_iter()
+                .flatten()
+            {
+                *slot = entry;
+            }
+        }
+        return;
+    }
+    if len + size > LOOKAHEAD {
+        return;
+    }
+    let shift = LOOKAHEAD - len - size;
+    for raw in 0..1u32 << size {
+        let value = extend_value(raw, size);
+        let entry = (len + size) | run << 4 | u32::from(value as u16) << 16;
+        let first = (code << size | raw as usize) << shift;
+        for slot in values
+            .get_mut(first..first + (1 << shift))
+            .into_iter()
+            .flatten()
+        {
+            *slot = entry;
+        }
+    }
+}
+
+/// F.2.2.1 EXTEND: `size` raw bits as a signed coefficient.
+#[inline(always)]
+fn extend_value(raw: u32, size: u32) -> i32 {
+    let v = raw as i32;
+    if size == 0 {
+        0
+    } else if v < 1 << (size - 1) {
+        v - (1 << size) + 1
+    } else {
+        v
+    }
+}
+
+/// Builds [`Huffman::skip`] from the `fast` table. The entry for a `w`-bit window is its first
+/// symbol plus the entry for the `w - bits` bits after it, so windows of every width from 1 up
+/// are built in turn (4K entries in all, cheap next to the decode).
+fn build_skip(fast: &[u16; 1 << LOOKAHEAD], skip: &mut [u16; 1 << LOOKAHEAD]) {
+    // Width `w` lives at `[1 << w, 2 << w)`; width 0 (no bits: no symbol) is the 0 at index 1.
+    let mut by_width = vec![0u16; 2 << LOOKAHEAD];
+    for w in 1..=LOOKAHEAD {
+        for i in 0..1usize << w {
+            let e = fast[i << (LOOKAHEAD - w)];
+            let len = u32::from(e >> 8);
+            let (run, size) = (u16::from(e as u8 >> 4), u32::from(e & 0x0F));
+            if len == 0 || len + size > w {
+                continue; // no whole symbol in the window: stays 0
+            }
+            let bits = (len + size) as u16;
+            let entry = if size == 0 && run != 15 {
+                bits | SKIP_EOB
+            } else {
+                let advance = if size == 0 { 16 } else { run + 1 };
+                let rest_w = w - len - size;
+                let rest = by_width[(1 << rest_w) + (i & ((1 << rest_w) - 1))];
+                let rest_advance = rest >> 4 & 0x7F;
+                // Chains stop at 64 positions: a block never takes more.
+                if rest & SKIP_LEN != 0 && advance + rest_advance <= 64 {
+                    (bits + (rest & SKIP_LEN)) | (advance + rest_advance) << 4 | rest & SKIP_EOB
+                } else {
+                    bits | advance << 4
+                }
+            };
+            by_width[(1 << w) + i] = entry;
+        }
+    }
+    skip.copy_from_slice(&by_width[1 << LOOKAHEAD..]);
 }
 
 /// MSB-first bit reader over entropy-coded data: unstuffs `FF 00`, stops at a marker and then
@@ -447,13 +559,9 @@ impl<'a> Bits<'a> {
         if size == 0 {
             return 0;
         }
-        let v = self.peek(size) as i32;
+        let raw = self.peek(size);
         self.consume(size);
-        if v < 1 << (size - 1) {
-            v - (1 << size) + 1
-        } else {
-            v
-        }
+        extend_value(raw, size)
     }
 
     /// Like [`Bits::symbol`] for a coefficient that is not needed: returns the run/size symbol
@@ -599,14 +707,14 @@ fn decode_scan_n<const N: usize>(
         .components
         .iter()
         .map(|c| match (&h.dc[c.td], &h.ac[c.ta], &h.qt[c.tq]) {
-            (Some(dc), Some(ac), Some(q)) => Ok((dc, ac, q)),
+            (Some(dc), Some(ac), Some(q)) => Ok((&**dc, &**ac, q)),
             _ => Err(FastError::Corrupt("scan uses an undefined table")),
         })
         .collect::<Result<_, _>>()?;
 
     let mut bits = Bits::new(data, h.scan_start);
     let mut pred = [0i32; 4];
-    let mut coef = [0f32; 64];
+    let mut coef = [0i32; 64];
     let total = mcus_x * mcus_y;
     for mcu in 0..total {
         if h.restart_interval > 0 && mcu > 0 && mcu % h.restart_interval == 0 {
@@ -623,7 +731,7 @@ fn decode_scan_n<const N: usize>(
                 for bx in 0..c.h {
                     // Only the positions a block can write are ever read back.
                     for &z in &ZIGZAG[..=needed] {
-                        coef[usize::from(z)] = 0.0;
+                        coef[usize::from(z)] = 0;
                     }
                     if let Err(e) =
                         decode_block(&mut bits, dc, ac, q, &mut pred[ci], &mut coef, needed)
@@ -664,7 +772,7 @@ fn decode_block(
     ac: &Huffman,
     q: &[u16; 64],
     pred: &mut i32,
-    coef: &mut [f32; 64],
+    coef: &mut [i32; 64],
     needed: usize,
 ) -> Result<(), FastError> {
     let mut local = *reader;
@@ -680,7 +788,7 @@ fn decode_block_with(
     ac: &Huffman,
     q: &[u16; 64],
     pred: &mut i32,
-    coef: &mut [f32; 64],
+    coef: &mut [i32; 64],
     needed: usize,
 ) -> Result<(), FastError> {
     bits.refill();
@@ -689,44 +797,66 @@ fn decode_block_with(
         return Err(FastError::Corrupt("DC difference over 11 bits"));
     }
     *pred = pred.wrapping_add(bits.extend(size));
-    // Dequantised in f32: hostile DC chains or 16-bit tables cannot overflow an integer.
-    coef[0] = *pred as f32 * f32::from(q[0]);
+    // Wrapping: hostile DC chains or 16-bit tables can only garble pixels, never panic.
+    coef[0] = pred.wrapping_mul(i32::from(q[0]));
     let mut k = 1usize;
-    while k < 64 {
+    // The coefficients the scaled IDCT uses.
+    while k <= needed {
         // One symbol (≤ 16 bits) plus its value (≤ 15 bits) fits in a 57-bit buffer.
         if bits.count < 32 {
             bits.refill();
         }
-        if k > needed {
-            // Past the coefficients the scaled IDCT uses: only find where the block ends.
-            let rs = bits.skip_symbol(ac)?;
-            let (run, size) = (usize::from(rs >> 4), rs & 0x0F);
-            if size == 0 && run != 15 {
-                break; // end of block
+        let e = ac.values[bits.peek(LOOKAHEAD) as usize];
+        let (run, value) = if e & VAL_LEN != 0 {
+            bits.consume(e & VAL_LEN);
+            if e & VAL_EOB != 0 {
+                return Ok(());
             }
-            k += run + 1;
-            continue;
-        }
-        let rs = bits.symbol(ac)?;
-        let (run, size) = (usize::from(rs >> 4), u32::from(rs & 0x0F));
-        if size == 0 {
-            if run == 15 {
-                k += 16;
-                continue;
+            ((e >> 4 & 0x0F) as usize, (e as i32) >> 16)
+        } else {
+            let rs = bits.symbol(ac)?;
+            let (run, size) = (usize::from(rs >> 4), u32::from(rs & 0x0F));
+            if size == 0 {
+                if run == 15 {
+                    k += 16;
+                    continue;
+                }
+                return Ok(()); // end of block
             }
-            break; // end of block
-        }
+            (run, bits.extend(size))
+        };
         k += run;
         if k > 63 {
             return Err(FastError::Corrupt("coefficient index past 63"));
         }
         if k <= needed {
-            let v = bits.extend(size);
-            coef[usize::from(ZIGZAG[k])] = v as f32 * f32::from(q[k]);
-        } else {
-            bits.consume(size);
+            coef[usize::from(ZIGZAG[k] & 63)] = value.wrapping_mul(i32::from(q[k]));
         }
         k += 1;
+    }
+    // Past them: only find where the block ends, several symbols per lookup where they fit.
+    while k < 64 {
+        if bits.count < 32 {
+            bits.refill();
+        }
+        let e = ac.skip[bits.peek(LOOKAHEAD) as usize];
+        let advance = usize::from(e >> 4 & 0x7F);
+        // A chain reaching position 64 may hold the next block's first symbols: decode those
+        // one at a time below.
+        if e & SKIP_LEN != 0 && k + advance < 64 {
+            bits.consume(u32::from(e & SKIP_LEN));
+            if e & SKIP_EOB != 0 {
+                break;
+            }
+            k += advance;
+            continue;
+        }
+        let rs = bits.skip_symbol(ac)?;
+        let (run, size) = (usize::from(rs >> 4), rs & 0x0F);
+        if size == 0 && run != 15 {
+            break; // end of block
+        }
+        k += run + 1;
     }
     Ok(())
 }
@@ -753,37 +883,40 @@ fn idct_basis<const N: usize>() -> [f32; 16] {
 #[inline(always)]
 fn idct<const N: usize>(
     basis: &[f32; 16],
-    coef: &[f32; 64],
+    coef: &[i32; 64],
     plane: &mut [u8],
     stride: usize,
     x0: usize,
     y0: usize,
 ) {
+    // N = 1 and 2 are exact in integers: sums of coefficients over 8 (wrapping, as for the
+    // dequantisation).
     if N == 1 {
         // DC only: the block's mean.
         if let Some(p) = plane.get_mut(y0 * stride + x0) {
-            *p = to_pixel(coef[0] / 8.0);
+            *p = eighth_to_pixel(coef[0]);
         }
         return;
     }
     if N == 2 {
         // Every 2-point basis value is ±1/(2√2), so each pixel is (F00 ± F01 ± F10 ± F11) / 8.
         let (dc, h, v, d) = (coef[0], coef[1], coef[8], coef[9]);
-        let (top, bottom) = (dc + v, dc - v);
-        let (top_d, bottom_d) = (h + d, h - d);
+        let (top, bottom) = (dc.wrapping_add(v), dc.wrapping_sub(v));
+        let (top_d, bottom_d) = (h.wrapping_add(d), h.wrapping_sub(d));
         let rows = [
-            [top + top_d, top - top_d],
-            [bottom + bottom_d, bottom - bottom_d],
+            [top.wrapping_add(top_d), top.wrapping_sub(top_d)],
+            [bottom.wrapping_add(bottom_d), bottom.wrapping_sub(bottom_d)],
         ];
         for (y, vals) in rows.iter().enumerate() {
             let start = (y0 + y) * stride + x0;
             if let Some(row) = plane.get_mut(start..start + 2) {
-                row[0] = to_pixel(vals[0] / 8.0);
-                row[1] = to_pixel(vals[1] / 8.0);
+                row[0] = eighth_to_pixel(vals[0]);
+                row[1] = eighth_to_pixel(vals[1]);
             }
         }
         return;
     }
+    let coef = coef.map(|c| c as f32);
     // Rows: tmp[v][x] = Σ_u F[v][u] · basis[x][u]; then columns.
     let mut tmp = [0f32; 16];
     for v in 0..N {
@@ -808,6 +941,12 @@ fn idct<const N: usize>(
             *px = to_pixel(s);
         }
     }
+}
+
+/// `to_pixel(v / 8.0)` for integer `v`: floor(v / 8 + 128.5) is (v + 1028) >> 3.
+#[inline(always)]
+fn eighth_to_pixel(v: i32) -> u8 {
+    (v.wrapping_add(1028) >> 3).clamp(0, 255) as u8
 }
 
 #[inline(always)]
@@ -1055,6 +1194,103 @@ mod tests {
                     check_against_reference(&jpeg, &format!("{label} {w}x{h} rst {restart:?}"));
                 }
             }
+        }
+    }
+
+    /// The code lengths of the standard luminance AC table (JPEG Annex K.3.3.2), which cameras
+    /// and most encoders use, with its 16 shortest-coded symbols; the other run/size pairs
+    /// follow in numeric order (any order is a valid table).
+    fn standard_luma_ac() -> Box<Huffman> {
+        let counts = [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7D];
+        let mut symbols = vec![0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12];
+        symbols.extend([0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61, 0x07]);
+        for rs in 0u8..=0xFA {
+            let valid = (1..=10).contains(&(rs & 0x0F)) || rs == 0xF0;
+            if valid && !symbols.contains(&rs) {
+                symbols.push(rs);
+            }
+        }
+        assert_eq!(symbols.len(), 162);
+        Huffman::new(&counts, &symbols, true).unwrap()
+    }
+
+    /// Decodes the whole symbols (code and value) of an `LOOKAHEAD`-bit window one at a time
+    /// with the plain `fast` table: (bits, positions advanced, ended by EOB).
+    fn skip_by_symbols(t: &Huffman, window: usize) -> (u32, u32, bool) {
+        let (mut used, mut advance) = (0u32, 0u32);
+        loop {
+            let rest = (window << used) & ((1 << LOOKAHEAD) - 1);
+            let e = t.fast[rest];
+            let (len, rs) = (u32::from(e >> 8), e as u8);
+            let (run, size) = (u32::from(rs >> 4), u32::from(rs & 0x0F));
+            if len == 0 || used + len + size > LOOKAHEAD {
+                return (used, advance, false);
+            }
+            let step = if size == 0 && run != 15 { 0 } else { run + 1 };
+            if advance + step > 64 {
+                return (used, advance, false);
+            }
+            used += len + size;
+            if size == 0 && run != 15 {
+                return (used, advance, true);
+            }
+            advance += step;
+        }
+    }
+
+    #[test]
+    fn combined_tables_match_symbol_by_symbol_decoding() {
+        let t = standard_luma_ac();
+        for window in 0..1usize << LOOKAHEAD {
+            let s = t.skip[window];
+            let want = skip_by_symbols(&t, window);
+            let got = (
+                u32::from(s & SKIP_LEN),
+                u32::from(s >> 4 & 0x7F),
+                s & SKIP_EOB != 0,
+            );
+            assert_eq!(got, want, "skip window {window:011b}");
+
+            let v = t.values[window];
+            let e = t.fast[window];
+            let (len, rs) = (u32::from(e >> 8), e as u8);
+            let (run, size) = (u32::from(rs >> 4), u32::from(rs & 0x0F));
+            if len == 0 || len + size > LOOKAHEAD || rs == 0xF0 {
+                assert_eq!(v, 0, "value window {window:011b}");
+            } else if size == 0 {
+                assert_eq!(v, len | VAL_EOB, "value window {window:011b}");
+            } else {
+                let raw = ((window >> (LOOKAHEAD - len - size)) & ((1 << size) - 1)) as u32;
+                assert_eq!(v & VAL_LEN, len + size);
+                assert_eq!(v >> 4 & 0x0F, run);
+                assert_eq!((v as i32) >> 16, extend_value(raw, size));
+            }
+        }
+    }
+
+    #[test]
+    fn dense_blocks_that_end_without_eob() {
+        // Noise at quality 100 fills blocks up to position 63, so skip chains run into the next
+        // block's symbols and must stop at the block's end.
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let px: Vec<u8> = (0..96 * 64 * 3)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 56) as u8
+            })
+            .collect();
+        for sampling in [
+            jpeg_encoder::SamplingFactor::R_4_4_4,
+            jpeg_encoder::SamplingFactor::R_4_2_0,
+        ] {
+            let mut jpeg = Vec::new();
+            let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 100);
+            enc.set_sampling_factor(sampling);
+            enc.encode(&px, 96, 64, jpeg_encoder::ColorType::Rgb)
+                .unwrap();
+            check_against_reference(&jpeg, &format!("noise q100 {sampling:?}"));
         }
     }
 
