@@ -31,12 +31,107 @@ pub(super) enum FastError {
     TooLarge,
 }
 
-/// Decoded, downscaled pixels: grey (1 channel) or RGB (3), row-major, no padding.
+/// Decoded, downscaled planes (whole blocks, cropped on use to `width`×`height`): grey, or
+/// YCbCr with chroma subsampled `sx`×`sy` (1 or 2). [`Scaled::into_interleaved`] gives grey or
+/// RGB pixels; as a [`jpeg_encoder::ImageBuffer`] it gives the JPEG encoder YCbCr directly.
 pub(super) struct Scaled {
     pub width: u32,
     pub height: u32,
-    pub channels: u8,
-    pub data: Vec<u8>,
+    planes: Vec<Plane>,
+    sx: usize,
+    sy: usize,
+}
+
+impl Scaled {
+    /// 1 (grey) or 3 (colour).
+    pub fn channels(&self) -> u8 {
+        if self.planes.len() == 3 { 3 } else { 1 }
+    }
+
+    /// Grey or RGB pixels, row-major, no padding; chroma upsampled like libjpeg.
+    pub fn into_interleaved(self) -> Vec<u8> {
+        assemble(
+            &self.planes,
+            self.sx,
+            self.sy,
+            self.width as usize,
+            self.height as usize,
+        )
+    }
+}
+
+/// `len` samples of row `r` of a plane; empty if the plane is too small (it never is).
+fn plane_row(p: &Plane, r: usize, len: usize) -> &[u8] {
+    p.data.get(r * p.width..r * p.width + len).unwrap_or(&[])
+}
+
+/// For an encoder that subsamples chroma 4:2:0 by keeping the top-left sample of each 2×2
+/// square (`jpeg-encoder`'s `F_2_2` with `ChromaSubsamplingMethod::Nearest`). Skips the
+/// YCbCr → RGB → YCbCr round trip and the chroma upsampling, the two passes that cost most after
+/// the decode. Each chroma value at an even row and column is the mean of the decoded samples
+/// its square covers, so the thumbnail's chroma is box-filtered like libjpeg's downsampling.
+impl jpeg_encoder::ImageBuffer for Scaled {
+    fn get_jpeg_color_type(&self) -> jpeg_encoder::JpegColorType {
+        if self.planes.len() == 3 {
+            jpeg_encoder::JpegColorType::Ycbcr
+        } else {
+            jpeg_encoder::JpegColorType::Luma
+        }
+    }
+
+    fn width(&self) -> u16 {
+        u16::try_from(self.width).unwrap_or(u16::MAX)
+    }
+
+    fn height(&self) -> u16 {
+        u16::try_from(self.height).unwrap_or(u16::MAX)
+    }
+
+    fn fill_buffers(&self, y: u16, buffers: &mut [Vec<u8>; 4]) {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let y = usize::from(y).min(h.saturating_sub(1));
+        let [luma_out, cb_out, cr_out, _] = buffers;
+        // Planes cover whole blocks so rows are never short; padding keeps the encoder's
+        // row length whatever happens.
+        let start = luma_out.len();
+        if let Some(luma) = self.planes.first() {
+            luma_out.extend_from_slice(plane_row(luma, y, w));
+        }
+        luma_out.resize(start + w, 128);
+        let [_, cb, cr] = &self.planes[..] else {
+            return;
+        };
+        // Chroma rows standing for this pair of output rows.
+        let (r0, r1) = if self.sy == 1 {
+            (y & !1, (y | 1).min(h - 1))
+        } else {
+            (y / 2, y / 2)
+        };
+        let chroma_w = w.div_ceil(self.sx);
+        for (plane, out) in [(cb, cb_out), (cr, cr_out)] {
+            let start = out.len();
+            let (a, b) = (
+                plane_row(plane, r0, chroma_w),
+                plane_row(plane, r1, chroma_w),
+            );
+            let mean = a
+                .iter()
+                .zip(b)
+                .map(|(&p, &q)| ((u16::from(p) + u16::from(q) + 1) >> 1) as u8);
+            if self.sx == 2 {
+                out.extend(mean.flat_map(|v| [v, v]));
+            } else {
+                out.extend(mean);
+                // Full-width chroma: average across pairs too (odd columns are never read).
+                if let Some(samples) = out.get_mut(start..) {
+                    for pair in samples.chunks_exact_mut(2) {
+                        pair[0] = ((u16::from(pair[0]) + u16::from(pair[1]) + 1) >> 1) as u8;
+                    }
+                }
+            }
+            out.resize(start + w, 128);
+        }
+    }
 }
 
 /// Output side of the N×N IDCT for the smallest DCT scale whose output still covers
@@ -799,9 +894,17 @@ fn decode_scan_n<const N: usize>(
         });
     }
 
-    let out_w = (width * n).div_ceil(8);
-    let out_h = (height * n).div_ceil(8);
-    Ok(assemble(&planes, &h.components, hmax, vmax, out_w, out_h))
+    let (sx, sy) = match &h.components[..] {
+        [_, chroma, _] => (hmax / chroma.h.max(1), vmax / chroma.v.max(1)),
+        _ => (1, 1),
+    };
+    Ok(Scaled {
+        width: (width * n).div_ceil(8) as u32,
+        height: (height * n).div_ceil(8) as u32,
+        planes,
+        sx,
+        sy,
+    })
 }
 
 /// Decodes one block on a register-resident copy of the reader, written back once.
@@ -995,29 +1098,18 @@ fn to_pixel(v: f32) -> u8 {
 }
 
 /// Crops the planes to the output size, upsamples chroma and converts YCbCr to RGB.
-fn assemble(
-    planes: &[Plane],
-    comps: &[Component],
-    hmax: usize,
-    vmax: usize,
-    out_w: usize,
-    out_h: usize,
-) -> Scaled {
+fn assemble(planes: &[Plane], sx: usize, sy: usize, out_w: usize, out_h: usize) -> Vec<u8> {
     let mut data = Vec::with_capacity(out_w * out_h * planes.len());
     let [y, cb, cr] = planes else {
-        for row in 0..out_h {
-            let start = row * planes[0].width;
-            data.extend_from_slice(planes[0].data.get(start..start + out_w).unwrap_or(&[]));
+        if let Some(plane) = planes.first() {
+            for row in 0..out_h {
+                let start = row * plane.width;
+                data.extend_from_slice(plane.data.get(start..start + out_w).unwrap_or(&[]));
+            }
         }
         data.resize(out_w * out_h, 0);
-        return Scaled {
-            width: out_w as u32,
-            height: out_h as u32,
-            channels: 1,
-            data,
-        };
+        return data;
     };
-    let (sx, sy) = (hmax / comps[1].h.max(1), vmax / comps[1].v.max(1));
     let cb = upsample(cb, sx, sy, out_w, out_h);
     let cr = upsample(cr, sx, sy, out_w, out_h);
     data.resize(out_w * out_h * 3, 0);
@@ -1035,12 +1127,7 @@ fn assemble(
             px.copy_from_slice(&super::thumbnail::ycbcr_to_rgb(y, u, v));
         }
     }
-    Scaled {
-        width: out_w as u32,
-        height: out_h as u32,
-        channels: 3,
-        data,
-    }
+    data
 }
 
 /// Brings a chroma plane to `out_w`×`out_h` by factors `sx`, `sy` (1 or 2) with libjpeg's
@@ -1165,15 +1252,11 @@ mod tests {
             let (rw, rh, want) = reference(data, n);
             let got = decode_scaled(data, rw, rh, MAX).unwrap_or_else(|e| panic!("{label}: {e:?}"));
             assert_eq!((got.width, got.height), (rw, rh), "{label} n={n}");
+            let got = got.into_interleaved();
             // Same maths as jpeg-decoder's reduced IDCTs and fancy upsampling; only rounding
             // differs (most at 1/8, where the DC is rounded rather than truncated).
-            let d = mean_abs_diff(&got.data, &want);
-            let max = got
-                .data
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| a.abs_diff(*b))
-                .max();
+            let d = mean_abs_diff(&got, &want);
+            let max = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max();
             assert!(
                 d < 1.5 && max <= Some(4),
                 "{label} n={n}: mean {d}, max {max:?}"
@@ -1367,7 +1450,7 @@ mod tests {
             .encode(&px, 100, 60, jpeg_encoder::ColorType::Luma)
             .unwrap();
         check_against_reference(&jpeg, "grey");
-        assert_eq!(decode_scaled(&jpeg, 25, 15, MAX).unwrap().channels, 1);
+        assert_eq!(decode_scaled(&jpeg, 25, 15, MAX).unwrap().channels(), 1);
     }
 
     #[test]
