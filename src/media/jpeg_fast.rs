@@ -443,9 +443,10 @@ struct Huffman {
     /// Indexed by the next `LOOKAHEAD` bits: `code length << 8 | symbol`, 0 when the code is
     /// longer.
     fast: [u16; 1 << LOOKAHEAD],
-    /// AC tables only, indexed like `fast`: symbol and coefficient value decoded in one step
-    /// when code and value bits both fit in the lookahead (most coefficients that are kept).
-    /// End of block is included; ZRL is not, so its range check stays on the general path.
+    /// Indexed like `fast`: symbol and coefficient value (AC) or DC difference decoded in one
+    /// step when code and value bits both fit in the lookahead (nearly every DC difference and
+    /// kept coefficient). End of block is included; ZRL is not, so its range check stays on the
+    /// general path, nor are DC sizes over 11, which are errors.
     values: [u32; 1 << LOOKAHEAD],
     /// AC tables only, indexed like `fast`: how many bits and zigzag positions the whole
     /// symbols (code and value) in the window cover, up to and including an end of block. Skipped
@@ -490,8 +491,24 @@ impl Huffman {
                     {
                         *slot = entry;
                     }
-                    if ac {
-                        fill_values(&mut t.values, code as usize, len as u32, symbols[k]);
+                    // A DC symbol is the difference's size: as an AC symbol with run 0, except
+                    // that size 0 is a zero difference rather than end of block.
+                    match (ac, symbols[k]) {
+                        (true, rs) => fill_values(&mut t.values, code as usize, len as u32, rs),
+                        (false, 0) => {
+                            for slot in t
+                                .values
+                                .get_mut(first..first + (1 << shift))
+                                .into_iter()
+                                .flatten()
+                            {
+                                *slot = len as u32;
+                            }
+                        }
+                        (false, size @ 1..=11) => {
+                            fill_values(&mut t.values, code as usize, len as u32, size);
+                        }
+                        (false, _) => {}
                     }
                 }
                 code += 1;
@@ -512,8 +529,8 @@ impl Huffman {
     }
 }
 
-/// Fills the [`Huffman::values`] entries of one AC code: one per value its bits can hold, each
-/// covering every continuation of the window.
+/// Fills the [`Huffman::values`] entries of one AC code (or DC code with a non-zero size): one
+/// per value its bits can hold, each covering every continuation of the window.
 fn fill_values(values: &mut [u32; 1 << LOOKAHEAD], code: usize, len: u32, rs: u8) {
     let (run, size) = (u32::from(rs >> 4), u32::from(rs & 0x0F));
     if size == 0 {
@@ -935,11 +952,18 @@ fn decode_block_with(
     needed: usize,
 ) -> Result<(), FastError> {
     bits.refill();
-    let size = u32::from(bits.symbol(dc)?);
-    if size > 11 {
-        return Err(FastError::Corrupt("DC difference over 11 bits"));
-    }
-    *pred = pred.wrapping_add(bits.extend(size));
+    let e = dc.values[bits.peek(LOOKAHEAD) as usize];
+    let diff = if e & VAL_LEN != 0 {
+        bits.consume(e & VAL_LEN);
+        (e as i32) >> 16
+    } else {
+        let size = u32::from(bits.symbol(dc)?);
+        if size > 11 {
+            return Err(FastError::Corrupt("DC difference over 11 bits"));
+        }
+        bits.extend(size)
+    };
+    *pred = pred.wrapping_add(diff);
     // Wrapping: hostile DC chains or 16-bit tables can only garble pixels, never panic.
     coef[0] = pred.wrapping_mul(i32::from(q[0]));
     let mut k = 1usize;
@@ -1388,6 +1412,31 @@ mod tests {
                 assert_eq!(v >> 4 & 0x0F, run);
                 assert_eq!((v as i32) >> 16, extend_value(raw, size));
             }
+        }
+    }
+
+    #[test]
+    fn dc_values_match_symbol_then_extend() {
+        // Standard luminance DC table (JPEG Annex K.3.3.1) plus a bogus size-12 symbol.
+        let counts = [0, 1, 5, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0];
+        let symbols: Vec<u8> = (0..=12).collect();
+        let t = Huffman::new(&counts, &symbols, false).unwrap();
+        for window in 0..1usize << LOOKAHEAD {
+            let v = t.values[window];
+            let e = t.fast[window];
+            let (len, size) = (u32::from(e >> 8), u32::from(e & 0xFF));
+            if len == 0 || size > 11 || len + size > LOOKAHEAD {
+                assert_eq!(v, 0, "window {window:011b}");
+                continue;
+            }
+            let raw = ((window >> (LOOKAHEAD - len - size)) & ((1 << size) - 1)) as u32;
+            assert_eq!(v & VAL_LEN, len + size, "window {window:011b}");
+            assert_eq!(v & VAL_EOB, 0);
+            assert_eq!(
+                (v as i32) >> 16,
+                extend_value(raw, size),
+                "window {window:011b}"
+            );
         }
     }
 
