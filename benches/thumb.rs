@@ -2,7 +2,9 @@
 //! a 160 px wide JPEG (quality 80).
 //!
 //! Pipelines:
-//! - `fast`: `media::thumbnail` (DCT-scaled `jpeg-decoder` → `fast_image_resize` → `jpeg-encoder`).
+//! - `fast`: `media::thumbnail` (DCT-domain scaled decode by `media::jpeg_fast` →
+//!   `fast_image_resize` only if the scale misses the target → `jpeg-encoder`, fed the YCbCr
+//!   planes directly when no resize is needed).
 //! - `naive`: `image::load_from_memory` → `DynamicImage::thumbnail` → `image`'s JPEG encoder.
 //!
 //! Same frames and timing method as `bench/pillow_thumb.py`: each pipeline runs over the four

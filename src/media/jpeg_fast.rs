@@ -14,7 +14,9 @@
 //! `jpeg-decoder`. Malformed data is an error, never a panic: every index is bounds-checked by
 //! construction or with `get`, and loops are bounded by the input and the header's block count.
 
+use std::cell::RefCell;
 use std::f32::consts::PI;
+use std::rc::Rc;
 
 /// Why the fast path did not produce pixels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +31,107 @@ pub(super) enum FastError {
     TooLarge,
 }
 
-/// Decoded, downscaled pixels: grey (1 channel) or RGB (3), row-major, no padding.
+/// Decoded, downscaled planes (whole blocks, cropped on use to `width`×`height`): grey, or
+/// YCbCr with chroma subsampled `sx`×`sy` (1 or 2). [`Scaled::into_interleaved`] gives grey or
+/// RGB pixels; as a [`jpeg_encoder::ImageBuffer`] it gives the JPEG encoder YCbCr directly.
 pub(super) struct Scaled {
     pub width: u32,
     pub height: u32,
-    pub channels: u8,
-    pub data: Vec<u8>,
+    planes: Vec<Plane>,
+    sx: usize,
+    sy: usize,
+}
+
+impl Scaled {
+    /// 1 (grey) or 3 (colour).
+    pub fn channels(&self) -> u8 {
+        if self.planes.len() == 3 { 3 } else { 1 }
+    }
+
+    /// Grey or RGB pixels, row-major, no padding; chroma upsampled like libjpeg.
+    pub fn into_interleaved(self) -> Vec<u8> {
+        assemble(
+            &self.planes,
+            self.sx,
+            self.sy,
+            self.width as usize,
+            self.height as usize,
+        )
+    }
+}
+
+/// `len` samples of row `r` of a plane; empty if the plane is too small (it never is).
+fn plane_row(p: &Plane, r: usize, len: usize) -> &[u8] {
+    p.data.get(r * p.width..r * p.width + len).unwrap_or(&[])
+}
+
+/// For an encoder that subsamples chroma 4:2:0 by keeping the top-left sample of each 2×2
+/// square (`jpeg-encoder`'s `F_2_2` with `ChromaSubsamplingMethod::Nearest`). Skips the
+/// YCbCr → RGB → YCbCr round trip and the chroma upsampling, the two passes that cost most after
+/// the decode. Each chroma value at an even row and column is the mean of the decoded samples
+/// its square covers, so the thumbnail's chroma is box-filtered like libjpeg's downsampling.
+impl jpeg_encoder::ImageBuffer for Scaled {
+    fn get_jpeg_color_type(&self) -> jpeg_encoder::JpegColorType {
+        if self.planes.len() == 3 {
+            jpeg_encoder::JpegColorType::Ycbcr
+        } else {
+            jpeg_encoder::JpegColorType::Luma
+        }
+    }
+
+    fn width(&self) -> u16 {
+        u16::try_from(self.width).unwrap_or(u16::MAX)
+    }
+
+    fn height(&self) -> u16 {
+        u16::try_from(self.height).unwrap_or(u16::MAX)
+    }
+
+    fn fill_buffers(&self, y: u16, buffers: &mut [Vec<u8>; 4]) {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let y = usize::from(y).min(h.saturating_sub(1));
+        let [luma_out, cb_out, cr_out, _] = buffers;
+        // Planes cover whole blocks so rows are never short; padding keeps the encoder's
+        // row length whatever happens.
+        let start = luma_out.len();
+        if let Some(luma) = self.planes.first() {
+            luma_out.extend_from_slice(plane_row(luma, y, w));
+        }
+        luma_out.resize(start + w, 128);
+        let [_, cb, cr] = &self.planes[..] else {
+            return;
+        };
+        // Chroma rows standing for this pair of output rows.
+        let (r0, r1) = if self.sy == 1 {
+            (y & !1, (y | 1).min(h - 1))
+        } else {
+            (y / 2, y / 2)
+        };
+        let chroma_w = w.div_ceil(self.sx);
+        for (plane, out) in [(cb, cb_out), (cr, cr_out)] {
+            let start = out.len();
+            let (a, b) = (
+                plane_row(plane, r0, chroma_w),
+                plane_row(plane, r1, chroma_w),
+            );
+            let mean = a
+                .iter()
+                .zip(b)
+                .map(|(&p, &q)| ((u16::from(p) + u16::from(q) + 1) >> 1) as u8);
+            if self.sx == 2 {
+                out.extend(mean.flat_map(|v| [v, v]));
+            } else {
+                out.extend(mean);
+                // Full-width chroma: average across pairs too (odd columns are never read).
+                if let Some(samples) = out.get_mut(start..) {
+                    for pair in samples.chunks_exact_mut(2) {
+                        pair[0] = ((u16::from(pair[0]) + u16::from(pair[1]) + 1) >> 1) as u8;
+                    }
+                }
+            }
+            out.resize(start + w, 128);
+        }
+    }
 }
 
 /// Output side of the N×N IDCT for the smallest DCT scale whose output still covers
@@ -92,8 +189,9 @@ struct Header {
     components: Vec<Component>,
     /// Quantisation tables in zigzag order.
     qt: [Option<[u16; 64]>; 4],
-    dc: [Option<Huffman>; 4],
-    ac: [Option<Huffman>; 4],
+    /// Shared with the per-thread cache (see [`cached_huffman`]).
+    dc: [Option<Rc<Huffman>>; 4],
+    ac: [Option<Rc<Huffman>>; 4],
     restart_interval: usize,
     /// Offset of the first entropy-coded byte.
     scan_start: usize,
@@ -240,7 +338,7 @@ fn parse_dht(mut seg: &[u8], h: &mut Header) -> Result<(), FastError> {
             .ok_or(FastError::Truncated)?;
         let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
         let symbols = rest.get(16..16 + total).ok_or(FastError::Truncated)?;
-        let table = Huffman::new(&counts, symbols)?;
+        let table = cached_huffman(class, &counts, symbols)?;
         if class == 0 {
             h.dc[slot] = Some(table);
         } else {
@@ -289,14 +387,71 @@ fn parse_sos(seg: &[u8], h: &mut Header) -> Result<(), FastError> {
 // ---------------------------------------------------------------------------------------------
 // Huffman decoding
 
+/// Tables kept per thread. A camera sends the same Huffman tables in every frame (nearly all
+/// use the standard ones), and building the lookups costs about 5% of a VGA thumbnail.
+const CACHED_TABLES: usize = 8;
+
+thread_local! {
+    /// (class, counts, symbols) → built table, oldest first.
+    static TABLES: RefCell<Vec<(Vec<u8>, Rc<Huffman>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The table for a DHT definition, built once per thread and definition.
+fn cached_huffman(class: u8, counts: &[u8; 16], symbols: &[u8]) -> Result<Rc<Huffman>, FastError> {
+    let matches = |key: &[u8]| {
+        key.first() == Some(&class)
+            && key.get(1..17) == Some(counts.as_slice())
+            && key.get(17..) == Some(symbols)
+    };
+    TABLES.with(|cache| {
+        // Not re-entrant, so the borrow always succeeds; building uncached is the safe answer
+        // if it ever did not.
+        let Ok(mut cache) = cache.try_borrow_mut() else {
+            return Huffman::new(counts, symbols, class == 1).map(Rc::from);
+        };
+        if let Some((_, table)) = cache.iter().find(|(key, _)| matches(key)) {
+            return Ok(Rc::clone(table));
+        }
+        let table: Rc<Huffman> = Rc::from(Huffman::new(counts, symbols, class == 1)?);
+        if cache.len() >= CACHED_TABLES {
+            cache.remove(0);
+        }
+        let mut key = Vec::with_capacity(17 + symbols.len());
+        key.push(class);
+        key.extend_from_slice(counts);
+        key.extend_from_slice(symbols);
+        cache.push((key, Rc::clone(&table)));
+        Ok(table)
+    })
+}
+
 /// Bits resolved by one table lookup; 11 covers nearly every code of typical camera tables
-/// while the table (4 KiB) stays in L1.
+/// while the tables (4–8 KiB each) stay in L1.
 const LOOKAHEAD: u32 = 11;
+
+/// [`Huffman::values`] entry layout: total bits (code + value) in the low 4 bits (0: not in the
+/// table), the zero run in bits 4–7, end of block in bit 8, the coefficient in the high 16 bits.
+const VAL_LEN: u32 = 0xF;
+const VAL_EOB: u32 = 1 << 8;
+
+/// [`Huffman::skip`] entry layout: total bits in the low 4 bits (0: no whole symbol fits), the
+/// advance in zigzag positions in bits 4–10, end of block in bit 15.
+const SKIP_LEN: u16 = 0xF;
+const SKIP_EOB: u16 = 1 << 15;
 
 struct Huffman {
     /// Indexed by the next `LOOKAHEAD` bits: `code length << 8 | symbol`, 0 when the code is
     /// longer.
     fast: [u16; 1 << LOOKAHEAD],
+    /// Indexed like `fast`: symbol and coefficient value (AC) or DC difference decoded in one
+    /// step when code and value bits both fit in the lookahead (nearly every DC difference and
+    /// kept coefficient). End of block is included; ZRL is not, so its range check stays on the
+    /// general path, nor are DC sizes over 11, which are errors.
+    values: [u32; 1 << LOOKAHEAD],
+    /// AC tables only, indexed like `fast`: how many bits and zigzag positions the whole
+    /// symbols (code and value) in the window cover, up to and including an end of block. Skipped
+    /// coefficients average about 5 bits, so one lookup steps over two of them on typical data.
+    skip: [u16; 1 << LOOKAHEAD],
     /// Canonical decoding for longer codes (JPEG F.2.2.3): per length, the largest code (or -1)
     /// and the offset from a code to its symbol index.
     max_code: [i32; 17],
@@ -305,13 +460,15 @@ struct Huffman {
 }
 
 impl Huffman {
-    fn new(counts: &[u8; 16], symbols: &[u8]) -> Result<Self, FastError> {
-        let mut t = Huffman {
+    fn new(counts: &[u8; 16], symbols: &[u8], ac: bool) -> Result<Box<Self>, FastError> {
+        let mut t = Box::new(Huffman {
             fast: [0; 1 << LOOKAHEAD],
+            values: [0; 1 << LOOKAHEAD],
+            skip: [0; 1 << LOOKAHEAD],
             max_code: [-1; 17],
             val_offset: [0; 17],
             symbols: [0; 256],
-        };
+        });
         if symbols.len() > 256 {
             return Err(FastError::Corrupt("Huffman table over 256 symbols"));
         }
@@ -334,6 +491,25 @@ impl Huffman {
                     {
                         *slot = entry;
                     }
+                    // A DC symbol is the difference's size: as an AC symbol with run 0, except
+                    // that size 0 is a zero difference rather than end of block.
+                    match (ac, symbols[k]) {
+                        (true, rs) => fill_values(&mut t.values, code as usize, len as u32, rs),
+                        (false, 0) => {
+                            for slot in t
+                                .values
+                                .get_mut(first..first + (1 << shift))
+                                .into_iter()
+                                .flatten()
+                            {
+                                *slot = len as u32;
+                            }
+                        }
+                        (false, size @ 1..=11) => {
+                            fill_values(&mut t.values, code as usize, len as u32, size);
+                        }
+                        (false, _) => {}
+                    }
                 }
                 code += 1;
                 k += 1;
@@ -346,8 +522,96 @@ impl Huffman {
             }
             code <<= 1;
         }
+        if ac {
+            build_skip(&t.fast, &mut t.skip);
+        }
         Ok(t)
     }
+}
+
+/// Fills the [`Huffman::values`] entries of one AC code (or DC code with a non-zero size): one
+/// per value its bits can hold, each covering every continuation of the window.
+fn fill_values(values: &mut [u32; 1 << LOOKAHEAD], code: usize, len: u32, rs: u8) {
+    let (run, size) = (u32::from(rs >> 4), u32::from(rs & 0x0F));
+    if size == 0 {
+        if run != 15 {
+            let shift = LOOKAHEAD - len;
+            let first = code << shift;
+            let entry = len | VAL_EOB;
+            for slot in values
+                .get_mut(first..first + (1 << shift))
+                .into_iter()
+                .flatten()
+            {
+                *slot = entry;
+            }
+        }
+        return;
+    }
+    if len + size > LOOKAHEAD {
+        return;
+    }
+    let shift = LOOKAHEAD - len - size;
+    for raw in 0..1u32 << size {
+        let value = extend_value(raw, size);
+        let entry = (len + size) | run << 4 | u32::from(value as u16) << 16;
+        let first = (code << size | raw as usize) << shift;
+        for slot in values
+            .get_mut(first..first + (1 << shift))
+            .into_iter()
+            .flatten()
+        {
+            *slot = entry;
+        }
+    }
+}
+
+/// F.2.2.1 EXTEND: `size` raw bits as a signed coefficient.
+#[inline(always)]
+fn extend_value(raw: u32, size: u32) -> i32 {
+    let v = raw as i32;
+    if size == 0 {
+        0
+    } else if v < 1 << (size - 1) {
+        v - (1 << size) + 1
+    } else {
+        v
+    }
+}
+
+/// Builds [`Huffman::skip`] from the `fast` table. The entry for a `w`-bit window is its first
+/// symbol plus the entry for the `w - bits` bits after it, so windows of every width from 1 up
+/// are built in turn (4K entries in all, cheap next to the decode).
+fn build_skip(fast: &[u16; 1 << LOOKAHEAD], skip: &mut [u16; 1 << LOOKAHEAD]) {
+    // Width `w` lives at `[1 << w, 2 << w)`; width 0 (no bits: no symbol) is the 0 at index 1.
+    let mut by_width = vec![0u16; 2 << LOOKAHEAD];
+    for w in 1..=LOOKAHEAD {
+        for i in 0..1usize << w {
+            let e = fast[i << (LOOKAHEAD - w)];
+            let len = u32::from(e >> 8);
+            let (run, size) = (u16::from(e as u8 >> 4), u32::from(e & 0x0F));
+            if len == 0 || len + size > w {
+                continue; // no whole symbol in the window: stays 0
+            }
+            let bits = (len + size) as u16;
+            let entry = if size == 0 && run != 15 {
+                bits | SKIP_EOB
+            } else {
+                let advance = if size == 0 { 16 } else { run + 1 };
+                let rest_w = w - len - size;
+                let rest = by_width[(1 << rest_w) + (i & ((1 << rest_w) - 1))];
+                let rest_advance = rest >> 4 & 0x7F;
+                // Chains stop at 64 positions: a block never takes more.
+                if rest & SKIP_LEN != 0 && advance + rest_advance <= 64 {
+                    (bits + (rest & SKIP_LEN)) | (advance + rest_advance) << 4 | rest & SKIP_EOB
+                } else {
+                    bits | advance << 4
+                }
+            };
+            by_width[(1 << w) + i] = entry;
+        }
+    }
+    skip.copy_from_slice(&by_width[1 << LOOKAHEAD..]);
 }
 
 /// MSB-first bit reader over entropy-coded data: unstuffs `FF 00`, stops at a marker and then
@@ -447,13 +711,9 @@ impl<'a> Bits<'a> {
         if size == 0 {
             return 0;
         }
-        let v = self.peek(size) as i32;
+        let raw = self.peek(size);
         self.consume(size);
-        if v < 1 << (size - 1) {
-            v - (1 << size) + 1
-        } else {
-            v
-        }
+        extend_value(raw, size)
     }
 
     /// Like [`Bits::symbol`] for a coefficient that is not needed: returns the run/size symbol
@@ -599,14 +859,14 @@ fn decode_scan_n<const N: usize>(
         .components
         .iter()
         .map(|c| match (&h.dc[c.td], &h.ac[c.ta], &h.qt[c.tq]) {
-            (Some(dc), Some(ac), Some(q)) => Ok((dc, ac, q)),
+            (Some(dc), Some(ac), Some(q)) => Ok((&**dc, &**ac, q)),
             _ => Err(FastError::Corrupt("scan uses an undefined table")),
         })
         .collect::<Result<_, _>>()?;
 
     let mut bits = Bits::new(data, h.scan_start);
     let mut pred = [0i32; 4];
-    let mut coef = [0f32; 64];
+    let mut coef = [0i32; 64];
     let total = mcus_x * mcus_y;
     for mcu in 0..total {
         if h.restart_interval > 0 && mcu > 0 && mcu % h.restart_interval == 0 {
@@ -623,7 +883,7 @@ fn decode_scan_n<const N: usize>(
                 for bx in 0..c.h {
                     // Only the positions a block can write are ever read back.
                     for &z in &ZIGZAG[..=needed] {
-                        coef[usize::from(z)] = 0.0;
+                        coef[usize::from(z)] = 0;
                     }
                     if let Err(e) =
                         decode_block(&mut bits, dc, ac, q, &mut pred[ci], &mut coef, needed)
@@ -651,9 +911,17 @@ fn decode_scan_n<const N: usize>(
         });
     }
 
-    let out_w = (width * n).div_ceil(8);
-    let out_h = (height * n).div_ceil(8);
-    Ok(assemble(&planes, &h.components, hmax, vmax, out_w, out_h))
+    let (sx, sy) = match &h.components[..] {
+        [_, chroma, _] => (hmax / chroma.h.max(1), vmax / chroma.v.max(1)),
+        _ => (1, 1),
+    };
+    Ok(Scaled {
+        width: (width * n).div_ceil(8) as u32,
+        height: (height * n).div_ceil(8) as u32,
+        planes,
+        sx,
+        sy,
+    })
 }
 
 /// Decodes one block on a register-resident copy of the reader, written back once.
@@ -664,7 +932,7 @@ fn decode_block(
     ac: &Huffman,
     q: &[u16; 64],
     pred: &mut i32,
-    coef: &mut [f32; 64],
+    coef: &mut [i32; 64],
     needed: usize,
 ) -> Result<(), FastError> {
     let mut local = *reader;
@@ -680,53 +948,82 @@ fn decode_block_with(
     ac: &Huffman,
     q: &[u16; 64],
     pred: &mut i32,
-    coef: &mut [f32; 64],
+    coef: &mut [i32; 64],
     needed: usize,
 ) -> Result<(), FastError> {
     bits.refill();
-    let size = u32::from(bits.symbol(dc)?);
-    if size > 11 {
-        return Err(FastError::Corrupt("DC difference over 11 bits"));
-    }
-    *pred = pred.wrapping_add(bits.extend(size));
-    // Dequantised in f32: hostile DC chains or 16-bit tables cannot overflow an integer.
-    coef[0] = *pred as f32 * f32::from(q[0]);
+    let e = dc.values[bits.peek(LOOKAHEAD) as usize];
+    let diff = if e & VAL_LEN != 0 {
+        bits.consume(e & VAL_LEN);
+        (e as i32) >> 16
+    } else {
+        let size = u32::from(bits.symbol(dc)?);
+        if size > 11 {
+            return Err(FastError::Corrupt("DC difference over 11 bits"));
+        }
+        bits.extend(size)
+    };
+    *pred = pred.wrapping_add(diff);
+    // Wrapping: hostile DC chains or 16-bit tables can only garble pixels, never panic.
+    coef[0] = pred.wrapping_mul(i32::from(q[0]));
     let mut k = 1usize;
-    while k < 64 {
+    // The coefficients the scaled IDCT uses.
+    while k <= needed {
         // One symbol (≤ 16 bits) plus its value (≤ 15 bits) fits in a 57-bit buffer.
         if bits.count < 32 {
             bits.refill();
         }
-        if k > needed {
-            // Past the coefficients the scaled IDCT uses: only find where the block ends.
-            let rs = bits.skip_symbol(ac)?;
-            let (run, size) = (usize::from(rs >> 4), rs & 0x0F);
-            if size == 0 && run != 15 {
-                break; // end of block
+        let e = ac.values[bits.peek(LOOKAHEAD) as usize];
+        let (run, value) = if e & VAL_LEN != 0 {
+            bits.consume(e & VAL_LEN);
+            if e & VAL_EOB != 0 {
+                return Ok(());
             }
-            k += run + 1;
-            continue;
-        }
-        let rs = bits.symbol(ac)?;
-        let (run, size) = (usize::from(rs >> 4), u32::from(rs & 0x0F));
-        if size == 0 {
-            if run == 15 {
-                k += 16;
-                continue;
+            ((e >> 4 & 0x0F) as usize, (e as i32) >> 16)
+        } else {
+            let rs = bits.symbol(ac)?;
+            let (run, size) = (usize::from(rs >> 4), u32::from(rs & 0x0F));
+            if size == 0 {
+                if run == 15 {
+                    k += 16;
+                    continue;
+                }
+                return Ok(()); // end of block
             }
-            break; // end of block
-        }
+            (run, bits.extend(size))
+        };
         k += run;
         if k > 63 {
             return Err(FastError::Corrupt("coefficient index past 63"));
         }
         if k <= needed {
-            let v = bits.extend(size);
-            coef[usize::from(ZIGZAG[k])] = v as f32 * f32::from(q[k]);
-        } else {
-            bits.consume(size);
+            coef[usize::from(ZIGZAG[k] & 63)] = value.wrapping_mul(i32::from(q[k]));
         }
         k += 1;
+    }
+    // Past them: only find where the block ends, several symbols per lookup where they fit.
+    while k < 64 {
+        if bits.count < 32 {
+            bits.refill();
+        }
+        let e = ac.skip[bits.peek(LOOKAHEAD) as usize];
+        let advance = usize::from(e >> 4 & 0x7F);
+        // A chain reaching position 64 may hold the next block's first symbols: decode those
+        // one at a time below.
+        if e & SKIP_LEN != 0 && k + advance < 64 {
+            bits.consume(u32::from(e & SKIP_LEN));
+            if e & SKIP_EOB != 0 {
+                break;
+            }
+            k += advance;
+            continue;
+        }
+        let rs = bits.skip_symbol(ac)?;
+        let (run, size) = (usize::from(rs >> 4), rs & 0x0F);
+        if size == 0 && run != 15 {
+            break; // end of block
+        }
+        k += run + 1;
     }
     Ok(())
 }
@@ -753,37 +1050,40 @@ fn idct_basis<const N: usize>() -> [f32; 16] {
 #[inline(always)]
 fn idct<const N: usize>(
     basis: &[f32; 16],
-    coef: &[f32; 64],
+    coef: &[i32; 64],
     plane: &mut [u8],
     stride: usize,
     x0: usize,
     y0: usize,
 ) {
+    // N = 1 and 2 are exact in integers: sums of coefficients over 8 (wrapping, as for the
+    // dequantisation).
     if N == 1 {
         // DC only: the block's mean.
         if let Some(p) = plane.get_mut(y0 * stride + x0) {
-            *p = to_pixel(coef[0] / 8.0);
+            *p = eighth_to_pixel(coef[0]);
         }
         return;
     }
     if N == 2 {
         // Every 2-point basis value is ±1/(2√2), so each pixel is (F00 ± F01 ± F10 ± F11) / 8.
         let (dc, h, v, d) = (coef[0], coef[1], coef[8], coef[9]);
-        let (top, bottom) = (dc + v, dc - v);
-        let (top_d, bottom_d) = (h + d, h - d);
+        let (top, bottom) = (dc.wrapping_add(v), dc.wrapping_sub(v));
+        let (top_d, bottom_d) = (h.wrapping_add(d), h.wrapping_sub(d));
         let rows = [
-            [top + top_d, top - top_d],
-            [bottom + bottom_d, bottom - bottom_d],
+            [top.wrapping_add(top_d), top.wrapping_sub(top_d)],
+            [bottom.wrapping_add(bottom_d), bottom.wrapping_sub(bottom_d)],
         ];
         for (y, vals) in rows.iter().enumerate() {
             let start = (y0 + y) * stride + x0;
             if let Some(row) = plane.get_mut(start..start + 2) {
-                row[0] = to_pixel(vals[0] / 8.0);
-                row[1] = to_pixel(vals[1] / 8.0);
+                row[0] = eighth_to_pixel(vals[0]);
+                row[1] = eighth_to_pixel(vals[1]);
             }
         }
         return;
     }
+    let coef = coef.map(|c| c as f32);
     // Rows: tmp[v][x] = Σ_u F[v][u] · basis[x][u]; then columns.
     let mut tmp = [0f32; 16];
     for v in 0..N {
@@ -810,35 +1110,30 @@ fn idct<const N: usize>(
     }
 }
 
+/// `to_pixel(v / 8.0)` for integer `v`: floor(v / 8 + 128.5) is (v + 1028) >> 3.
+#[inline(always)]
+fn eighth_to_pixel(v: i32) -> u8 {
+    (v.wrapping_add(1028) >> 3).clamp(0, 255) as u8
+}
+
 #[inline(always)]
 fn to_pixel(v: f32) -> u8 {
     (v + 128.5).clamp(0.0, 255.0) as u8
 }
 
 /// Crops the planes to the output size, upsamples chroma and converts YCbCr to RGB.
-fn assemble(
-    planes: &[Plane],
-    comps: &[Component],
-    hmax: usize,
-    vmax: usize,
-    out_w: usize,
-    out_h: usize,
-) -> Scaled {
+fn assemble(planes: &[Plane], sx: usize, sy: usize, out_w: usize, out_h: usize) -> Vec<u8> {
     let mut data = Vec::with_capacity(out_w * out_h * planes.len());
     let [y, cb, cr] = planes else {
-        for row in 0..out_h {
-            let start = row * planes[0].width;
-            data.extend_from_slice(planes[0].data.get(start..start + out_w).unwrap_or(&[]));
+        if let Some(plane) = planes.first() {
+            for row in 0..out_h {
+                let start = row * plane.width;
+                data.extend_from_slice(plane.data.get(start..start + out_w).unwrap_or(&[]));
+            }
         }
         data.resize(out_w * out_h, 0);
-        return Scaled {
-            width: out_w as u32,
-            height: out_h as u32,
-            channels: 1,
-            data,
-        };
+        return data;
     };
-    let (sx, sy) = (hmax / comps[1].h.max(1), vmax / comps[1].v.max(1));
     let cb = upsample(cb, sx, sy, out_w, out_h);
     let cr = upsample(cr, sx, sy, out_w, out_h);
     data.resize(out_w * out_h * 3, 0);
@@ -856,12 +1151,7 @@ fn assemble(
             px.copy_from_slice(&super::thumbnail::ycbcr_to_rgb(y, u, v));
         }
     }
-    Scaled {
-        width: out_w as u32,
-        height: out_h as u32,
-        channels: 3,
-        data,
-    }
+    data
 }
 
 /// Brings a chroma plane to `out_w`×`out_h` by factors `sx`, `sy` (1 or 2) with libjpeg's
@@ -986,15 +1276,11 @@ mod tests {
             let (rw, rh, want) = reference(data, n);
             let got = decode_scaled(data, rw, rh, MAX).unwrap_or_else(|e| panic!("{label}: {e:?}"));
             assert_eq!((got.width, got.height), (rw, rh), "{label} n={n}");
+            let got = got.into_interleaved();
             // Same maths as jpeg-decoder's reduced IDCTs and fancy upsampling; only rounding
             // differs (most at 1/8, where the DC is rounded rather than truncated).
-            let d = mean_abs_diff(&got.data, &want);
-            let max = got
-                .data
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| a.abs_diff(*b))
-                .max();
+            let d = mean_abs_diff(&got, &want);
+            let max = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max();
             assert!(
                 d < 1.5 && max <= Some(4),
                 "{label} n={n}: mean {d}, max {max:?}"
@@ -1058,6 +1344,153 @@ mod tests {
         }
     }
 
+    /// The code lengths of the standard luminance AC table (JPEG Annex K.3.3.2), which cameras
+    /// and most encoders use, with its 16 shortest-coded symbols; the other run/size pairs
+    /// follow in numeric order (any order is a valid table).
+    fn standard_luma_ac() -> Box<Huffman> {
+        let counts = [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7D];
+        let mut symbols = vec![0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12];
+        symbols.extend([0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61, 0x07]);
+        for rs in 0u8..=0xFA {
+            let valid = (1..=10).contains(&(rs & 0x0F)) || rs == 0xF0;
+            if valid && !symbols.contains(&rs) {
+                symbols.push(rs);
+            }
+        }
+        assert_eq!(symbols.len(), 162);
+        Huffman::new(&counts, &symbols, true).unwrap()
+    }
+
+    /// Decodes the whole symbols (code and value) of an `LOOKAHEAD`-bit window one at a time
+    /// with the plain `fast` table: (bits, positions advanced, ended by EOB).
+    fn skip_by_symbols(t: &Huffman, window: usize) -> (u32, u32, bool) {
+        let (mut used, mut advance) = (0u32, 0u32);
+        loop {
+            let rest = (window << used) & ((1 << LOOKAHEAD) - 1);
+            let e = t.fast[rest];
+            let (len, rs) = (u32::from(e >> 8), e as u8);
+            let (run, size) = (u32::from(rs >> 4), u32::from(rs & 0x0F));
+            if len == 0 || used + len + size > LOOKAHEAD {
+                return (used, advance, false);
+            }
+            let step = if size == 0 && run != 15 { 0 } else { run + 1 };
+            if advance + step > 64 {
+                return (used, advance, false);
+            }
+            used += len + size;
+            if size == 0 && run != 15 {
+                return (used, advance, true);
+            }
+            advance += step;
+        }
+    }
+
+    #[test]
+    fn combined_tables_match_symbol_by_symbol_decoding() {
+        let t = standard_luma_ac();
+        for window in 0..1usize << LOOKAHEAD {
+            let s = t.skip[window];
+            let want = skip_by_symbols(&t, window);
+            let got = (
+                u32::from(s & SKIP_LEN),
+                u32::from(s >> 4 & 0x7F),
+                s & SKIP_EOB != 0,
+            );
+            assert_eq!(got, want, "skip window {window:011b}");
+
+            let v = t.values[window];
+            let e = t.fast[window];
+            let (len, rs) = (u32::from(e >> 8), e as u8);
+            let (run, size) = (u32::from(rs >> 4), u32::from(rs & 0x0F));
+            if len == 0 || len + size > LOOKAHEAD || rs == 0xF0 {
+                assert_eq!(v, 0, "value window {window:011b}");
+            } else if size == 0 {
+                assert_eq!(v, len | VAL_EOB, "value window {window:011b}");
+            } else {
+                let raw = ((window >> (LOOKAHEAD - len - size)) & ((1 << size) - 1)) as u32;
+                assert_eq!(v & VAL_LEN, len + size);
+                assert_eq!(v >> 4 & 0x0F, run);
+                assert_eq!((v as i32) >> 16, extend_value(raw, size));
+            }
+        }
+    }
+
+    #[test]
+    fn dc_values_match_symbol_then_extend() {
+        // Standard luminance DC table (JPEG Annex K.3.3.1) plus a bogus size-12 symbol.
+        let counts = [0, 1, 5, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0];
+        let symbols: Vec<u8> = (0..=12).collect();
+        let t = Huffman::new(&counts, &symbols, false).unwrap();
+        for window in 0..1usize << LOOKAHEAD {
+            let v = t.values[window];
+            let e = t.fast[window];
+            let (len, size) = (u32::from(e >> 8), u32::from(e & 0xFF));
+            if len == 0 || size > 11 || len + size > LOOKAHEAD {
+                assert_eq!(v, 0, "window {window:011b}");
+                continue;
+            }
+            let raw = ((window >> (LOOKAHEAD - len - size)) & ((1 << size) - 1)) as u32;
+            assert_eq!(v & VAL_LEN, len + size, "window {window:011b}");
+            assert_eq!(v & VAL_EOB, 0);
+            assert_eq!(
+                (v as i32) >> 16,
+                extend_value(raw, size),
+                "window {window:011b}"
+            );
+        }
+    }
+
+    #[test]
+    fn tables_are_cached_per_definition() {
+        let counts = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+        let symbols: Vec<u8> = (0..12).collect();
+        let dc = cached_huffman(0, &counts, &symbols).unwrap();
+        assert!(Rc::ptr_eq(
+            &dc,
+            &cached_huffman(0, &counts, &symbols).unwrap()
+        ));
+        // Same codes as an AC table: a different entry, with its AC lookups built.
+        let ac = cached_huffman(1, &counts, &symbols).unwrap();
+        assert!(!Rc::ptr_eq(&dc, &ac));
+        assert!(ac.skip.iter().any(|&e| e != 0) && dc.skip.iter().all(|&e| e == 0));
+        let mut other = symbols.clone();
+        other.swap(0, 1);
+        assert!(!Rc::ptr_eq(
+            &dc,
+            &cached_huffman(0, &counts, &other).unwrap()
+        ));
+        // Invalid definitions are errors, never cached.
+        let over = [3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(cached_huffman(0, &over, &[0, 1, 2]).is_err());
+        assert!(cached_huffman(0, &over, &[0, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn dense_blocks_that_end_without_eob() {
+        // Noise at quality 100 fills blocks up to position 63, so skip chains run into the next
+        // block's symbols and must stop at the block's end.
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let px: Vec<u8> = (0..96 * 64 * 3)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 56) as u8
+            })
+            .collect();
+        for sampling in [
+            jpeg_encoder::SamplingFactor::R_4_4_4,
+            jpeg_encoder::SamplingFactor::R_4_2_0,
+        ] {
+            let mut jpeg = Vec::new();
+            let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 100);
+            enc.set_sampling_factor(sampling);
+            enc.encode(&px, 96, 64, jpeg_encoder::ColorType::Rgb)
+                .unwrap();
+            check_against_reference(&jpeg, &format!("noise q100 {sampling:?}"));
+        }
+    }
+
     #[test]
     fn greyscale() {
         let px: Vec<u8> = (0..100 * 60).map(|i| (i % 251) as u8).collect();
@@ -1066,7 +1499,7 @@ mod tests {
             .encode(&px, 100, 60, jpeg_encoder::ColorType::Luma)
             .unwrap();
         check_against_reference(&jpeg, "grey");
-        assert_eq!(decode_scaled(&jpeg, 25, 15, MAX).unwrap().channels, 1);
+        assert_eq!(decode_scaled(&jpeg, 25, 15, MAX).unwrap().channels(), 1);
     }
 
     #[test]

@@ -9,11 +9,13 @@
 //! target size, so the IDCT does most of the downscaling for free): camera-style baseline JPEGs
 //! with the sibling module `jpeg_fast`, everything else (progressive, unusual sampling, no
 //! downscaling needed) with `jpeg-decoder`'s `scale()`. It then resizes the rest of the way with
-//! `fast_image_resize` (Catmull-Rom) and encodes with `jpeg-encoder`. Raw RGB565LE, YUYV and
-//! GRAY8 frames are converted straight to RGB/grey. PNG goes through `image` with its decoder
-//! limits set. Every path is bounded by [`DecodeLimits`], so a decompression bomb fails fast with
-//! [`MediaError::TooLarge`] instead of allocating gigabytes; a decoder panic on hostile input is
-//! caught and reported as corrupt data.
+//! `fast_image_resize` (Catmull-Rom) and encodes with `jpeg-encoder`. When the DCT scale alone
+//! gives the thumbnail's size and the output is a 4:2:0 JPEG (quality below 90), `jpeg_fast`'s
+//! YCbCr planes go to the encoder as they are, without a round trip through RGB. Raw RGB565LE,
+//! YUYV and GRAY8 frames are converted straight to RGB/grey. PNG goes through `image` with its
+//! decoder limits set. Every path is bounded by [`DecodeLimits`], so a decompression bomb fails
+//! fast with [`MediaError::TooLarge`] instead of allocating gigabytes; a decoder panic on hostile
+//! input is caught and reported as corrupt data.
 
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -192,22 +194,48 @@ pub fn thumbnail(
     limits: &DecodeLimits,
 ) -> Result<Thumb, MediaError> {
     validate_options(opts)?;
-    let pixels = match input {
+    let decoded = match input {
         ImageInput::Raw {
             format,
             width,
             height,
             data,
-        } if format.is_raw() => decode_raw(format, width, height, data, limits)?,
+        } if format.is_raw() => Decoded::Pixels(decode_raw(format, width, height, data, limits)?),
         ImageInput::Raw { data, .. } | ImageInput::Encoded(data) => match sniff(data) {
             Some(PixelFormat::Jpeg) => decode_jpeg(data, opts, limits)?,
-            Some(PixelFormat::Png) => decode_png(data, opts, limits)?,
+            Some(PixelFormat::Png) => Decoded::Pixels(decode_png(data, opts, limits)?),
             _ => return Err(MediaError::UnknownFormat),
         },
+    };
+    let pixels = match decoded {
+        Decoded::Pixels(pixels) => pixels,
+        Decoded::Planes(planes) => {
+            let exact =
+                target_size(planes.width, planes.height, opts) == (planes.width, planes.height);
+            // Below quality 90 the JPEG keeps chroma at 4:2:0 anyway (see `encode`), so the
+            // planes can go to the encoder as they are.
+            let subsampled = planes.channels() == 1 || opts.quality < FULL_CHROMA_QUALITY;
+            if exact && subsampled && opts.format == OutputFormat::Jpeg {
+                return encode_planes(planes, opts);
+            }
+            Pixels {
+                width: planes.width,
+                height: planes.height,
+                channels: planes.channels(),
+                data: planes.into_interleaved(),
+            }
+        }
     };
     let (tw, th) = target_size(pixels.width, pixels.height, opts);
     let small = resize(pixels, tw, th)?;
     encode(&small, opts)
+}
+
+/// What a decoder produced.
+enum Decoded {
+    Pixels(Pixels),
+    /// The fast JPEG path's planes, still YCbCr.
+    Planes(jpeg_fast::Scaled),
 }
 
 /// Decoded pixels, 8 bits per channel: grey, RGB or RGBA.
@@ -358,7 +386,7 @@ fn decode_jpeg(
     data: &[u8],
     opts: &ThumbOptions,
     limits: &DecodeLimits,
-) -> Result<Pixels, MediaError> {
+) -> Result<Decoded, MediaError> {
     let hdr = jpeg_header(data)?;
     check_pixels(hdr.width, hdr.height, limits)?;
     if hdr.precision != 8 || !matches!(hdr.components, 1 | 3) {
@@ -379,14 +407,7 @@ fn decode_jpeg(
         jpeg_fast::decode_scaled(data, tw, th, limits.max_bytes)
     }));
     match fast {
-        Ok(Ok(s)) => {
-            return Ok(Pixels {
-                width: s.width,
-                height: s.height,
-                channels: s.channels,
-                data: s.data,
-            });
-        }
+        Ok(Ok(planes)) => return Ok(Decoded::Planes(planes)),
         Ok(Err(FastError::Unsupported)) => {}
         Ok(Err(FastError::Truncated)) => return Err(MediaError::Truncated(PixelFormat::Jpeg)),
         Ok(Err(FastError::Corrupt(detail))) => return Err(corrupt_jpeg(detail)),
@@ -423,12 +444,12 @@ fn decode_jpeg(
     if pixels.len() as u64 != scaled {
         return Err(corrupt_jpeg("decoder returned an unexpected buffer size"));
     }
-    Ok(Pixels {
+    Ok(Decoded::Pixels(Pixels {
         width: sw,
         height: sh,
         channels,
         data: pixels,
-    })
+    }))
 }
 
 /// Runs a `jpeg-decoder` call, turning its errors and any panic on hostile input into
@@ -670,6 +691,33 @@ fn resize(src: Pixels, tw: u32, th: u32) -> Result<Pixels, MediaError> {
         height: th,
         channels: src.channels,
         data: dst.into_vec(),
+    })
+}
+
+/// `jpeg-encoder` keeps chroma at full resolution from this quality up, and subsamples it 4:2:0
+/// below.
+const FULL_CHROMA_QUALITY: u8 = 90;
+
+/// JPEG straight from the fast decoder's YCbCr planes, already at the thumbnail size and
+/// `opts.quality` below [`FULL_CHROMA_QUALITY`] (or grey).
+fn encode_planes(planes: jpeg_fast::Scaled, opts: &ThumbOptions) -> Result<Thumb, MediaError> {
+    let (width, height) = (planes.width, planes.height);
+    if u16::try_from(width).is_err() || u16::try_from(height).is_err() {
+        return Err(MediaError::Encode("thumbnail side over 65535".into()));
+    }
+    let mut bytes = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut bytes, opts.quality);
+    // What the planes' `ImageBuffer` implementation is written for (and the default here).
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
+    encoder.set_chroma_subsampling_method(jpeg_encoder::ChromaSubsamplingMethod::Nearest);
+    encoder
+        .encode_image(planes)
+        .map_err(|e| MediaError::Encode(e.to_string()))?;
+    Ok(Thumb {
+        bytes,
+        width,
+        height,
+        content_type: OutputFormat::Jpeg.content_type(),
     })
 }
 

@@ -149,6 +149,73 @@ fn thumbnail_looks_like_the_source() {
     assert!(mean < 8.0, "mean abs diff {mean}");
 }
 
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let sum: u64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    sum as f64 / a.len() as f64
+}
+
+#[test]
+fn planes_encode_like_the_rgb_route() {
+    // VGA and HD frames scale straight to 160 px wide, so the thumbnail is encoded from the fast
+    // decoder's YCbCr planes. It must look like the RGB route (upsample chroma, convert, let the
+    // encoder convert back) for every chroma layout, and for grey.
+    let mut frames: Vec<(String, Vec<u8>)> = fixtures()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("vga") || n.starts_with("hd"))
+        .collect();
+    let img = decode(&fixture("vga_chelsea.jpg")).into_rgb8();
+    use jpeg_encoder::SamplingFactor as S;
+    for (sampling, label) in [
+        (S::R_4_4_4, "444"),
+        (S::R_4_2_2, "422"),
+        (S::R_4_2_0, "420"),
+        (S::R_4_4_0, "440"),
+    ] {
+        let mut jpeg = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 90);
+        enc.set_sampling_factor(sampling);
+        enc.encode(img.as_raw(), 640, 480, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        frames.push((format!("chelsea {label}"), jpeg));
+    }
+    let grey = image::DynamicImage::ImageRgb8(img).into_luma8();
+    let mut jpeg = Vec::new();
+    jpeg_encoder::Encoder::new(&mut jpeg, 90)
+        .encode(grey.as_raw(), 640, 480, jpeg_encoder::ColorType::Luma)
+        .unwrap();
+    frames.push(("chelsea grey".into(), jpeg));
+
+    let opts = width(160);
+    for (name, bytes) in frames {
+        let t = thumbnail(ImageInput::Encoded(&bytes), &opts, &DecodeLimits::default()).unwrap();
+        let planes = jpeg_fast::decode_scaled(&bytes, t.width, t.height, 1 << 28).unwrap();
+        // Already the thumbnail's size: the planes route was taken.
+        assert_eq!((planes.width, planes.height), (t.width, t.height), "{name}");
+        let rgb = Pixels {
+            width: planes.width,
+            height: planes.height,
+            channels: planes.channels(),
+            data: planes.into_interleaved(),
+        };
+        let via_rgb = encode(&rgb, &opts).unwrap();
+        let (ours, theirs) = (decode(&t.bytes), decode(&via_rgb.bytes));
+        assert_eq!(ours.color(), theirs.color(), "{name}");
+        // Against the decoded pixels before encoding: the planes route keeps chroma exact
+        // across and box-filters it down, so it is at least as close as the RGB route.
+        let ours = mean_abs_diff(ours.as_bytes(), &rgb.data);
+        let theirs = mean_abs_diff(theirs.as_bytes(), &rgb.data);
+        assert!(
+            ours < theirs + 0.1 && ours < 8.0,
+            "{name}: {ours} vs {theirs}"
+        );
+    }
+}
+
 #[test]
 fn progressive_jpeg_takes_the_general_decoder() {
     let img = decode(&fixture("vga_chelsea.jpg")).into_rgb8();
