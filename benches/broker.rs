@@ -106,7 +106,14 @@ struct BrokerProc {
 impl BrokerProc {
     fn start(kind: Kind) -> BrokerProc {
         let port = free_port();
-        let exe = std::env::current_exe().expect("bench binary path");
+        // `MOONWIRE_BENCH_SERVER=<another build of this bench>` serves moonwire from that build
+        // while this one generates the load: an A/B of two broker builds under one load
+        // generator.
+        let other = std::env::var_os("MOONWIRE_BENCH_SERVER").filter(|_| kind == Kind::Moonwire);
+        let exe = match other {
+            Some(path) => std::path::PathBuf::from(path),
+            None => std::env::current_exe().expect("bench binary path"),
+        };
         let (child, dir) = match kind {
             Kind::Moonwire
             | Kind::Rumqttd
