@@ -392,21 +392,19 @@ async fn publish_paced(mut c: Client, topic: String, rate: u64, secs: u64, size:
 
 // ---------------- media ----------------
 
-/// `CAMERAS` cameras each publish `n / CAMERAS` frames as fast as the broker takes them;
+/// `cameras` cameras each publish `n / cameras` frames as fast as the broker takes them;
 /// frames/s = thumbnails received per second. Several cameras, because one camera's frames
-/// are thumbnailed in order, one at a time (its block runs per topic in order).
-const CAMERAS: u64 = 4;
-
-async fn frames_through(port: u16, frame: &[u8], n: u64, chunked: bool) -> f64 {
+/// are thumbnailed in order, one at a time (its block runs per client in order).
+async fn frames_through(port: u16, frame: &[u8], n: u64, chunked: bool, cameras: u64) -> f64 {
     let mut sub = Client::connect(port, &id("thumbs")).await.unwrap();
     sub.subscribe("cameras/+/thumb", 0).await;
     let start = Instant::now();
     let receiver = tokio::spawn(receive(sub, n, 0, false, Duration::from_secs(5)));
     let mut cams = Vec::new();
-    for c in 0..CAMERAS {
+    for c in 0..cameras {
         let frame = frame.to_vec();
         cams.push(tokio::spawn(async move {
-            camera(port, c, &frame, n / CAMERAS, chunked).await
+            camera(port, c, &frame, n / cameras, chunked).await
         }));
     }
     for c in cams {
@@ -811,10 +809,16 @@ fn main() {
             "/tests/fixtures/vga_astronaut.jpg"
         ))
         .unwrap();
+        // `MOONWIRE_BENCH_CAMERAS` (default 4) cameras; `MOONWIRE__MEDIA__WORKERS` sets the
+        // broker's thumbnail workers as for any moonwire config key.
+        let cameras: u64 = std::env::var("MOONWIRE_BENCH_CAMERAS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
         for chunked in [false, true] {
             let b = BrokerProc::start(Kind::Moonwire);
-            let n = if quick { 50 } else { 300 };
-            let rate = rt.block_on(frames_through(b.port, &frame, n, chunked));
+            let n = if quick { 50 } else { 200 * cameras };
+            let rate = rt.block_on(frames_through(b.port, &frame, n, chunked, cameras));
             let name = if chunked {
                 "media: VGA frames/s end to end, 4 KB chunks"
             } else {
@@ -827,7 +831,7 @@ fn main() {
                 base: Kind::Moonwire,
                 value: rate,
                 unit: "frames/s",
-                note: format!("{n} frames, thumbnails 160 px"),
+                note: format!("{n} frames from {cameras} cameras, thumbnails 160 px"),
             });
         }
         // Reassembly memory: many cameras at 1 fps of ~60 KB frames in 4 KB chunks.
