@@ -20,19 +20,24 @@ use super::verdict::Outcome;
 use super::vm::BlockVm;
 use crate::pipeline::{DropCode, Message, Verdict};
 
-/// FNV-1a: stable, fast on short strings; picks a worker for a topic or client.
-pub(crate) fn shard(key: &str, n: usize) -> usize {
+/// FNV-1a: stable and fast on short strings (client ids, block names).
+pub(crate) fn fnv(key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    usize::try_from(h % n.max(1) as u64).unwrap_or(0)
+    h
+}
+
+/// Which of `n` workers owns `hash`.
+pub(crate) fn shard(hash: u64, n: usize) -> usize {
+    usize::try_from(hash % n.max(1) as u64).unwrap_or(0)
 }
 
 /// The worker that runs an interval block (exactly one does).
 pub(crate) fn interval_owner(block: &str, workers: usize) -> usize {
-    shard(block, workers)
+    shard(fnv(block), workers)
 }
 
 pub(crate) struct BlockSet {
@@ -169,9 +174,9 @@ mod tests {
     fn shard_is_stable_and_in_range() {
         for n in 1..8 {
             for t in ["a", "home/x/sensors", ""] {
-                let s = shard(t, n);
+                let s = shard(fnv(t), n);
                 assert!(s < n);
-                assert_eq!(s, shard(t, n));
+                assert_eq!(s, shard(fnv(t), n));
             }
         }
     }

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
+use super::chain::shard;
 use super::config::{BlockEvent, BlocksConfig, OnError};
 use super::error::{BlockError, LoadFailure};
 use super::host::{HostExtension, Services};
@@ -226,9 +227,7 @@ impl BlockEngine {
     }
 
     fn worker_for_lane(&self, lane: u64) -> &WorkerHandle {
-        let n = self.inner.workers.len().max(1) as u64;
-        let i = usize::try_from(lane % n).unwrap_or(0);
-        &self.inner.workers[i]
+        &self.inner.workers[shard(lane, self.inner.workers.len())]
     }
 
     /// Whether any before_publish block is bound to `topic`. A lock-free snapshot read and a
@@ -315,14 +314,7 @@ impl BlockEngine {
             };
             let mut waits = Vec::with_capacity(sends.len());
             for (queue, metrics, env, rx, at) in sends {
-                let sent = match queue.try_send(env) {
-                    Ok(()) => true,
-                    Err(TrySendError::Full(env)) => {
-                        metrics.backpressure_waits.fetch_add(1, Relaxed);
-                        queue.send(env).await.is_ok()
-                    }
-                    Err(TrySendError::Closed(_)) => false,
-                };
+                let sent = enqueue(&queue, &metrics, env).await;
                 waits.push((sent.then_some(rx), at));
             }
             for (rx, at) in waits {
@@ -706,17 +698,27 @@ impl ClientSend {
                 Ok(())
             }
         };
-        match queue.try_send(env) {
-            Ok(()) => {}
-            Err(TrySendError::Full(env)) => {
-                metrics.backpressure_waits.fetch_add(1, Relaxed);
-                if queue.send(env).await.is_err() {
-                    return fallback();
-                }
-            }
-            Err(TrySendError::Closed(_)) => return fallback(),
+        if !enqueue(&queue, &metrics, env).await {
+            return fallback();
         }
         rx.await.unwrap_or_else(|_| fallback())
+    }
+}
+
+/// Hands a job to a worker; when its queue is full, waits (backpressure, counted). `false`
+/// when the worker is gone.
+async fn enqueue(
+    queue: &tokio::sync::mpsc::Sender<Envelope>,
+    metrics: &super::metrics::WorkerMetrics,
+    env: Envelope,
+) -> bool {
+    match queue.try_send(env) {
+        Ok(()) => true,
+        Err(TrySendError::Full(env)) => {
+            metrics.backpressure_waits.fetch_add(1, Relaxed);
+            queue.send(env).await.is_ok()
+        }
+        Err(TrySendError::Closed(_)) => false,
     }
 }
 

@@ -60,15 +60,10 @@ pub(crate) enum Job {
     },
 }
 
-/// The ordering lane of a client: FNV-1a of its client id. Two clients sharing a lane are
+/// The ordering lane of a client: a hash of its client id. Two clients sharing a lane are
 /// merely serialized with each other.
 pub(crate) fn lane(client_id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in client_id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    chain::fnv(client_id)
 }
 
 impl Job {

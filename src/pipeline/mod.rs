@@ -92,27 +92,12 @@ impl Pipeline {
         self.taps.iter().any(|t| t.wants(topic))
     }
 
-    /// Runs every interested stage in order.
-    pub async fn process(&self, mut msg: Message) -> Outcome {
-        for stage in &self.stages {
-            if !stage.wants(&msg.topic, msg.payload.len()) {
-                continue;
-            }
-            let verdict = match stage.process(&msg) {
-                Step::Now(v) => v,
-                Step::Later(fut) => fut.await,
-            };
-            match verdict {
-                Verdict::Pass => {}
-                Verdict::Modify(m) => msg = m,
-                Verdict::Drop { code, reason } => {
-                    tracing::debug!(stage = stage.name(), topic = %msg.topic, %reason, "publish dropped");
-                    return Outcome::Drop { code, reason };
-                }
-                Verdict::Consume => return Outcome::Consume,
-            }
-        }
-        Outcome::Route(msg)
+    /// Runs every interested stage in order: a batch of one.
+    pub async fn process(&self, msg: Message) -> Outcome {
+        self.process_batch(vec![msg])
+            .await
+            .pop()
+            .unwrap_or_else(no_verdict)
     }
 
     /// Runs a batch (the publishes of one socket read) through the stages: each stage sees
@@ -182,6 +167,15 @@ impl Pipeline {
                 tap.published(msg);
             }
         }
+    }
+}
+
+/// What a message gets if the pipeline returned no outcome for it (a bug, never expected):
+/// not routed, refused with a reason.
+pub fn no_verdict() -> Outcome {
+    Outcome::Drop {
+        code: DropCode::Unspecified,
+        reason: "pipeline returned no verdict".into(),
     }
 }
 

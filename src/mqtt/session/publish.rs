@@ -32,12 +32,9 @@ where
                 *slot = decided.next();
             }
         }
-        let outcomes = outcomes.into_iter().map(|o| {
-            o.unwrap_or(Outcome::Drop {
-                code: DropCode::Unspecified,
-                reason: "pipeline returned no verdict".into(),
-            })
-        });
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(crate::pipeline::no_verdict));
         for ((qos, pkid, tapped), outcome) in metas.into_iter().zip(outcomes) {
             let refused = match outcome {
                 Outcome::Route(m) => {
