@@ -33,17 +33,15 @@
 //! kill -9: one broker process for the whole run) and `MOONWIRE_SOAK_STORMS=0` (no reconnect
 //! storms or random drops). `MOONWIRE__…` variables reach the broker's config as usual.
 
+mod child;
 #[path = "../benches/support/raw.rs"]
 mod raw;
 use bytes::BytesMut;
+use child::{Broker, http_get};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use raw::{connect_packet, parse, remaining_length};
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,239 +75,18 @@ const STOP: Duration = Duration::from_secs(15);
 const WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
-// Child-process harness (from tests/durability.rs)
+// Child-process harness (tests/child)
 // ---------------------------------------------------------------------------------------------
 
-/// Two distinct free loopback ports (both bound at once, so they differ).
-fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
-}
-
-struct Broker {
-    /// Owns the temp dir; taken (kept on disk) when the test fails.
-    dir: Option<tempfile::TempDir>,
-    root: PathBuf,
-    child: Option<Child>,
-    mqtt: u16,
-    http: u16,
-    starts: u32,
-}
-
-impl Broker {
-    fn new() -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path().to_path_buf();
-        Broker {
-            dir: Some(dir),
-            root,
-            child: None,
-            mqtt: 0,
-            http: 0,
-            starts: 0,
-        }
-    }
-
-    fn store_path(&self) -> PathBuf {
-        self.root.join("data").join("moonwire.redb")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.root.join("broker.log")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.mqtt))
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    fn write_config(&mut self) -> PathBuf {
-        let (mqtt, http) = free_ports();
-        self.mqtt = mqtt;
-        self.http = http;
-        let root = self.root.display();
-        let text = format!(
-            r#"blocks = []
-
-[mqtt]
-listen = "127.0.0.1:{mqtt}"
-max_connections = 2000
-
-[http]
-enabled = true
-listen = "127.0.0.1:{http}"
-
-[ws]
-enabled = false
-
-[limits]
-max_connections = 2000
-max_connections_per_ip = 0
-
-[media]
-workers = 1
-
-[block_engine]
-workers = 1
-hot_reload = false
-scripts_dir = "{root}/scripts"
-
-[storage]
-data_dir = "{root}/data"
-persistence = true
-fsync = "batch"
-
-[shutdown]
-grace = "5s"
-"#
-        );
-        let path = self.root.join("moonwire.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "broker already running");
-        let cfg = self.write_config();
-        self.starts += 1;
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        writeln!(
-            log,
-            "===== start {} (mqtt {}, http {}) =====",
-            self.starts, self.mqtt, self.http
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_moonwire"))
-            .arg("-c")
-            .arg(&cfg)
-            .arg("run")
-            .env("RUST_LOG", "info,rumqttd=warn")
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn moonwire");
-        self.child = Some(child);
-    }
-
-    /// Starts the broker and waits until its MQTT and HTTP listeners accept.
-    async fn start(&mut self) {
-        self.spawn();
-        let deadline = Instant::now() + READY;
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!("broker exited during startup ({st}); log:\n{}", self.log());
-            }
-            let http = SocketAddr::from(([127, 0, 0, 1], self.http));
-            if TcpStream::connect(self.addr()).await.is_ok()
-                && TcpStream::connect(http).await.is_ok()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker not accepting after {READY:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Panics (with the log) if the broker exited on its own.
-    fn assert_alive(&mut self, when: &str) {
-        if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-            self.child = None;
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-            panic!("broker died {when} ({st}); log tail:\n{tail}");
-        }
-    }
-
-    /// SIGINT, then waits for a clean exit.
-    async fn stop_gracefully(&mut self) {
-        let mut child = self.child.take().expect("broker running");
-        let st = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill -INT failed");
-        let deadline = Instant::now() + STOP;
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                assert!(st.success(), "broker exited with {st} on SIGINT");
-                return;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("broker did not stop within {STOP:?} of SIGINT");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL: the process gets no chance to flush or close anything.
-    fn kill9(&mut self) {
-        let mut child = self.child.take().expect("broker running");
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(80)..];
-            eprintln!("----- broker log (last {} lines) -----", tail.len());
-            for l in tail {
-                eprintln!("{l}");
-            }
-            if let Some(d) = self.dir.take() {
-                eprintln!("----- kept {} -----", d.keep().display());
-            }
-        }
-    }
-}
-
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.get(9..12)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
+/// The shared harness with the soak's limits: 2,000 connections from one address, and more time
+/// to start and stop under load.
+fn soak_broker() -> Broker {
+    let mut b = Broker::new("batch");
+    b.max_connections = Some(2000);
+    b.grace = "5s";
+    b.ready = READY;
+    b.stop = STOP;
+    b
 }
 
 /// One unlabelled sample from Prometheus text.
@@ -1226,7 +1003,7 @@ async fn soak() {
         DEVICES + PUBLISHERS + RETAINERS
     );
 
-    let mut b = Broker::new();
+    let mut b = soak_broker();
     b.start().await;
     let sh = Arc::new(Shared {
         load_start: Mutex::new(None),
