@@ -2,7 +2,8 @@
 //! detection from CONNECT, and rumqttd's v4/v5 codecs for the packet bodies.
 
 use crate::router::protocol::{
-    self, Disconnect, DisconnectReasonCode, Packet, Protocol, QoS, V4, V5,
+    self, Disconnect, DisconnectReasonCode, Packet, Protocol, Publish, PublishProperties, QoS, V4,
+    V5,
 };
 use bytes::BytesMut;
 use std::panic::AssertUnwindSafe;
@@ -194,6 +195,22 @@ impl Codec {
         let r = match self.version {
             Version::V5 => V5.write(packet, out),
             Version::V311 => V4.write(strip_properties(packet), out),
+        };
+        r.map_err(|e| CodecError::Malformed(e.to_string()))
+    }
+}
+
+impl Codec {
+    /// Appends a PUBLISH; like [`Codec::encode`] without first building a `Packet` from it.
+    pub fn encode_publish(
+        &self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        out: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
+        let r = match self.version {
+            Version::V5 => V5.write(Packet::Publish(publish, props), out),
+            Version::V311 => V4.write(Packet::Publish(publish, None), out),
         };
         r.map_err(|e| CodecError::Malformed(e.to_string()))
     }

@@ -121,6 +121,7 @@ impl Router {
                 tx,
                 rx,
                 router: self.clone(),
+                past: std::time::Instant::now(),
             },
         })
     }
@@ -142,10 +143,15 @@ impl Router {
 }
 
 /// What the router sends a connection.
-#[allow(clippy::large_enum_variant)]
+///
+/// Deliveries have their own variant and other packets are boxed: a `Packet` is ~400 bytes
+/// (its CONNECT variant), and moving one per delivery through the session's outgoing path
+/// was a third of the broker's CPU time in fan-out.
 pub enum Outbound {
-    /// A packet to write to the client (publishes, acks, disconnect).
-    Packet(Packet),
+    /// A message to deliver (properties boxed: most messages have none).
+    Publish(Publish, Option<Box<protocol::PublishProperties>>),
+    /// Another packet to write to the client (acks, SUBACK, disconnect).
+    Packet(Box<Packet>),
     /// The router paused this link; call [`Link::wake`] once the batch is written.
     Unscheduled,
     /// Nothing for the client.
@@ -157,6 +163,9 @@ pub struct Link {
     tx: LinkTx,
     rx: LinkRx,
     router: Router,
+    /// A deadline already passed, for [`Link::try_recv`] (reading the clock per delivery
+    /// showed up in profiles).
+    past: std::time::Instant,
 }
 
 impl Link {
@@ -200,11 +209,12 @@ impl Link {
 
     /// The next thing the router has already queued, without waiting.
     pub fn try_recv(&mut self) -> Result<Option<Outbound>, RouterError> {
-        use futures_util::FutureExt;
-        match self.rx.next().now_or_never() {
-            None | Some(Ok(None)) => Ok(None),
-            Some(Ok(Some(n))) => Ok(Some(translate(n))),
-            Some(Err(e)) => Err(e.into()),
+        // A deadline already passed takes what is queued and never blocks; cheaper than
+        // polling the async `next` once per delivery.
+        match self.rx.recv_deadline(self.past) {
+            Ok(n) => Ok(n.map(translate)),
+            Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -230,9 +240,9 @@ impl Link {
 fn translate(n: Notification) -> Outbound {
     match n {
         Notification::Unschedule => Outbound::Unscheduled,
-        Notification::Forward(f) => Outbound::Packet(Packet::Publish(f.publish, f.properties)),
+        Notification::Forward(f) => Outbound::Publish(f.publish, f.properties.map(Box::new)),
         other => match Option::<Packet>::from(other) {
-            Some(p) => Outbound::Packet(p),
+            Some(p) => Outbound::Packet(Box::new(p)),
             None => Outbound::Nothing,
         },
     }

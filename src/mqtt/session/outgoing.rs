@@ -48,35 +48,11 @@ where
             match out {
                 Outbound::Unscheduled => unscheduled = true,
                 Outbound::Nothing => {}
-                Outbound::Packet(p) => {
-                    if matches!(p, Packet::Publish(..)) {
-                        publishes += 1;
-                    }
-                    if let Some(p) = self.outgoing_packet(p) {
-                        if let Packet::Disconnect(..) = p {
-                            self.codec.encode(p, &mut self.io.wbuf)?;
-                            self.io.flush().await?;
-                            return Err(SessionError::Protocol("router disconnected the client"));
-                        }
-                        let start = self.io.wbuf.len();
-                        let publish = matches!(p, Packet::Publish(..));
-                        let suback = match &p {
-                            Packet::SubAck(a, _) => Some(a.pkid),
-                            _ => None,
-                        };
-                        let (p, mut fate) = self.take_meta(p);
-                        if let (true, Packet::Publish(publish, _)) = (self.router_persistent, &p) {
-                            fate.msg = Some((publish.topic.clone(), publish.payload.clone()));
-                        }
-                        if let Err(e) = self.codec.encode(p, &mut self.io.wbuf) {
-                            tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable packet");
-                        } else if publish {
-                            self.settle_outgoing_publish(start, fate);
-                        } else if let Some(pkid) = suback {
-                            self.release_retained(pkid)?;
-                        }
-                    }
+                Outbound::Publish(publish, props) => {
+                    publishes += 1;
+                    self.deliver(publish, props);
                 }
+                Outbound::Packet(p) => self.write_control(*p).await?,
             }
             written += 1;
             if written < WRITE_BATCH {
@@ -97,22 +73,58 @@ where
         Ok(())
     }
 
+    /// Writes a packet other than a delivery, as `outgoing_packet` adjusts it.
+    async fn write_control(&mut self, p: Packet) -> Result<(), SessionError> {
+        let Some(p) = self.outgoing_packet(p) else {
+            return Ok(());
+        };
+        if let Packet::Disconnect(..) = p {
+            self.codec.encode(p, &mut self.io.wbuf)?;
+            self.io.flush().await?;
+            return Err(SessionError::Protocol("router disconnected the client"));
+        }
+        let suback = match &p {
+            Packet::SubAck(a, _) => Some(a.pkid),
+            _ => None,
+        };
+        if let Err(e) = self.codec.encode(p, &mut self.io.wbuf) {
+            tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable packet");
+        } else if let Some(pkid) = suback {
+            self.release_retained(pkid)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one delivery to the client (or withholds it; see `settle_outgoing_publish`).
+    /// The message is moved once, into the encoder.
+    fn deliver(&mut self, mut publish: Publish, props: Option<Box<PublishProperties>>) {
+        let mut props = props.map(|p| *p);
+        crate::router::client_topic(&mut publish);
+        let mut fate = self.take_meta(&mut publish, &mut props);
+        if self.router_persistent {
+            fate.msg = Some((publish.topic.clone(), publish.payload.clone()));
+        }
+        let start = self.io.wbuf.len();
+        match self.codec.encode_publish(publish, props, &mut self.io.wbuf) {
+            Ok(_) => self.settle_outgoing_publish(start, fate),
+            Err(e) => {
+                tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable publish");
+            }
+        }
+    }
+
     /// Removes the reserved properties from a publish and decides what they mean for this
     /// session: its own message on a No Local subscription [MQTT-3.8.3-3], the retain flag for
     /// Retain As Published [MQTT-3.3.1-12], and the published QoS [MQTT-3.8.4-8].
-    fn take_meta(&self, p: Packet) -> (Packet, Fate) {
+    fn take_meta(&self, publish: &mut Publish, props: &mut Option<PublishProperties>) -> Fate {
         let mut fate = Fate::default();
-        let Packet::Publish(mut publish, mut props) = p else {
-            return (p, fate);
-        };
-        crate::router::client_topic(&mut publish);
         if props.is_none() {
             // Nothing reserved can be on it; the common case costs nothing more.
-            return (Packet::Publish(publish, props), fate);
+            return fate;
         }
-        let meta = crate::mqtt::interest::take_meta(&mut props);
+        let meta = crate::mqtt::interest::take_meta(props);
         if meta == Default::default() {
-            return (Packet::Publish(publish, props), fate);
+            return fate;
         }
         let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
         let matches = |set: &HashSet<String>| {
@@ -126,7 +138,7 @@ where
         }
         fate.published_qos = meta.qos;
         fate.stored = meta.stored;
-        (Packet::Publish(publish, props), fate)
+        fate
     }
 
     /// Looks at a publish just encoded at `start` in the write buffer: clears the QoS-0 mark,
