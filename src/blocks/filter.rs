@@ -22,6 +22,8 @@ enum Level {
 pub struct TopicFilter {
     raw: String,
     levels: Vec<Level>,
+    /// Bytes of `raw` every matching topic starts with (a cheap first test).
+    literal: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,7 @@ impl TopicFilter {
         Ok(TopicFilter {
             raw: raw.to_owned(),
             levels,
+            literal: crate::pipeline::literal_prefix(raw),
         })
     }
 
@@ -99,6 +102,12 @@ impl TopicFilter {
     fn walk<'t>(&self, topic: &'t str, mut capture: impl FnMut(&'t str)) -> bool {
         // MQTT: a filter starting with a wildcard does not match `$`-topics ($SYS, ...).
         if topic.starts_with('$') && !matches!(self.levels.first(), Some(Level::Exact(_))) {
+            return false;
+        }
+        if !topic
+            .as_bytes()
+            .starts_with(&self.raw.as_bytes()[..self.literal])
+        {
             return false;
         }
         let mut rest = Some(topic);

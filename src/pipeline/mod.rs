@@ -193,6 +193,15 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
+    // Most filters share no literal prefix with most topics: reject those with one compare
+    // before splitting anything (this runs for every publish).
+    let lit = literal_prefix(filter);
+    if lit == filter.len() {
+        return filter == topic;
+    }
+    if !topic.as_bytes().starts_with(&filter.as_bytes()[..lit]) {
+        return false;
+    }
     let mut t = topic.split('/');
     for f in filter.split('/') {
         if f == "#" {
@@ -204,6 +213,17 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
         }
     }
     t.next().is_none()
+}
+
+/// Length of the part of `filter` every matching topic starts with: everything before the
+/// first wildcard, less the `/` before a `#` (`a/#` also matches `a`).
+pub fn literal_prefix(filter: &str) -> usize {
+    let f = filter.as_bytes();
+    match f.iter().position(|&b| b == b'+' || b == b'#') {
+        None => f.len(),
+        Some(i) if f[i] == b'#' => i.saturating_sub(1),
+        Some(i) => i,
+    }
 }
 
 /// Checks a subscription filter: non-empty, `#` only last and alone, `+` alone in its level.
@@ -234,6 +254,59 @@ mod tests {
         assert!(!filter_matches("a/+", "a/b/c"));
         assert!(!filter_matches("a/b", "a"));
         assert!(filter_matches("a/+", "a/"));
+    }
+
+    /// The matcher before its literal-prefix shortcut, kept as the reference.
+    fn reference_matches(filter: &str, topic: &str) -> bool {
+        if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+            return false;
+        }
+        let mut t = topic.split('/');
+        for f in filter.split('/') {
+            if f == "#" {
+                return true;
+            }
+            match t.next() {
+                Some(level) if f == "+" || f == level => {}
+                _ => return false,
+            }
+        }
+        t.next().is_none()
+    }
+
+    /// Every string up to `max` characters over `alphabet`.
+    fn strings(alphabet: &[char], max: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn literal_prefix_shortcut_agrees_with_the_full_match() {
+        let filters = strings(&['a', 'b', '/', '+', '#', '$'], 4);
+        let topics = strings(&['a', 'b', '/', '$'], 4);
+        for f in &filters {
+            for t in &topics {
+                assert_eq!(
+                    filter_matches(f, t),
+                    reference_matches(f, t),
+                    "{f:?} on {t:?}"
+                );
+                if let (true, Ok(parsed)) = (
+                    valid_filter(f),
+                    crate::blocks::filter::TopicFilter::parse(f),
+                ) {
+                    assert_eq!(parsed.matches(t), reference_matches(f, t), "{f:?} on {t:?}");
+                }
+            }
+        }
     }
 
     #[test]
