@@ -644,6 +644,11 @@ fn main() {
         .build()
         .unwrap();
     let scale = if quick { 10 } else { 1 };
+    let rounds: usize = std::env::var("MOONWIRE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let mut rows: Vec<Row> = Vec::new();
     let want = |name: &str| only.as_ref().is_none_or(|o| name.contains(o.as_str()));
 
@@ -660,8 +665,13 @@ fn main() {
         }
         for &k in &kinds {
             let b = BrokerProc::start(k);
-            let (rate, got, exp) =
-                rt.block_on(throughput(b.port, pubs, subs, n / scale, size, qos));
+            // Each run takes well under a second; repeating it on the same broker and taking
+            // the median steadies A/B comparisons and leaves time to attach a profiler.
+            let mut runs: Vec<(f64, u64, u64)> = (0..rounds)
+                .map(|_| rt.block_on(throughput(b.port, pubs, subs, n / scale, size, qos)))
+                .collect();
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (rate, got, exp) = runs[runs.len() / 2];
             eprintln!(
                 "{name:28} {:18} {rate:>12.0} msg/s delivered {got}/{exp}",
                 k.name()
