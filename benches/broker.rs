@@ -395,16 +395,42 @@ async fn publish_paced(mut c: Client, topic: String, rate: u64, secs: u64, size:
 /// `cameras` cameras each publish `n / cameras` frames as fast as the broker takes them;
 /// frames/s = thumbnails received per second. Several cameras, because one camera's frames
 /// are thumbnailed in order, one at a time (its block runs per client in order).
-async fn frames_through(port: u16, frame: &[u8], n: u64, chunked: bool, cameras: u64) -> f64 {
+/// Thumbnails per second on one thread, the way the `camera-thumbs` block asks for them
+/// (160 px wide, quality 80), cycling through `frames`.
+fn single_core_thumbs_per_sec(frames: &[Vec<u8>], rounds: usize) -> f64 {
+    use moonwire::media::thumbnail::{
+        DecodeLimits, ImageInput, OutputFormat, ThumbOptions, thumbnail,
+    };
+    let opts = ThumbOptions {
+        width: Some(160),
+        height: None,
+        quality: 80,
+        format: OutputFormat::Jpeg,
+    };
+    let limits = DecodeLimits::default();
+    let run = |n: usize| {
+        for f in frames.iter().cycle().take(n) {
+            let t = thumbnail(ImageInput::Encoded(f), &opts, &limits).unwrap();
+            std::hint::black_box(t.bytes.len());
+        }
+    };
+    run(frames.len() * 4);
+    let n = frames.len() * rounds;
+    let start = Instant::now();
+    run(n);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn frames_through(port: u16, frames: &[Vec<u8>], n: u64, chunked: bool, cameras: u64) -> f64 {
     let mut sub = Client::connect(port, &id("thumbs")).await.unwrap();
     sub.subscribe("cameras/+/thumb", 0).await;
     let start = Instant::now();
     let receiver = tokio::spawn(receive(sub, n, 0, false, Duration::from_secs(5)));
     let mut cams = Vec::new();
     for c in 0..cameras {
-        let frame = frame.to_vec();
+        let frames = frames.to_vec();
         cams.push(tokio::spawn(async move {
-            camera(port, c, &frame, n / cameras, chunked).await
+            camera(port, c, &frames, n / cameras, chunked).await
         }));
     }
     for c in cams {
@@ -414,29 +440,36 @@ async fn frames_through(port: u16, frame: &[u8], n: u64, chunked: bool, cameras:
     count as f64 / last.duration_since(start).as_secs_f64()
 }
 
-async fn camera(port: u16, c: u64, frame: &[u8], n: u64, chunked: bool) {
+/// One camera publishing `n` frames, starting at a different photograph per camera.
+async fn camera(port: u16, c: u64, frames: &[Vec<u8>], n: u64, chunked: bool) {
     let name = format!("benchcam{c}");
     let topic = format!("cameras/{name}/frame");
     let mut cam = Client::connect(port, &name).await.unwrap();
-    let parts: Vec<Vec<u8>> = if chunked {
-        moonwire::media::fchunk::encode_frame(
-            moonwire::media::fchunk::FrameSpec {
-                frame_id: 0,
-                format: moonwire::media::PixelFormat::Jpeg,
-                width: 0,
-                height: 0,
-                chunk_size: 4000,
-            },
-            frame,
-        )
-        .unwrap()
-    } else {
-        vec![frame.to_vec()]
-    };
+    let encoded: Vec<Vec<Vec<u8>>> = frames
+        .iter()
+        .map(|frame| {
+            if chunked {
+                moonwire::media::fchunk::encode_frame(
+                    moonwire::media::fchunk::FrameSpec {
+                        frame_id: 0,
+                        format: moonwire::media::PixelFormat::Jpeg,
+                        width: 0,
+                        height: 0,
+                        chunk_size: 4000,
+                    },
+                    frame,
+                )
+                .unwrap()
+            } else {
+                vec![frame.clone()]
+            }
+        })
+        .collect();
     let mut out = Vec::new();
     for i in 0..n {
         out.clear();
-        for p in &parts {
+        let parts = &encoded[(c + i) as usize % encoded.len()];
+        for p in parts {
             let mut p = p.clone();
             if chunked {
                 p[4..6].copy_from_slice(&(i as u16).to_le_bytes());
@@ -812,23 +845,49 @@ fn main() {
     }
 
     if want("media") {
-        // Frames through the broker: a camera publishes whole VGA JPEGs (or 4 KB fchunk chunks)
-        // as fast as thumbnails come back on cameras/+/thumb; frames/s = thumbnails received / s.
-        let frame = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/vga_astronaut.jpg"
-        ))
-        .unwrap();
+        // Frames through the broker: cameras publish whole VGA JPEGs (or 4 KB fchunk chunks),
+        // cycling through the four VGA fixture photographs, as fast as the broker takes them;
+        // frames/s = thumbnails received on cameras/+/thumb per second.
+        let frames: Vec<Vec<u8>> = ["astronaut", "chelsea", "coffee", "rocket"]
+            .iter()
+            .map(|s| {
+                std::fs::read(format!(
+                    "{}/tests/fixtures/vga_{s}.jpg",
+                    env!("CARGO_MANIFEST_DIR")
+                ))
+                .unwrap()
+            })
+            .collect();
         // `MOONWIRE_BENCH_CAMERAS` (default 4) cameras; `MOONWIRE__MEDIA__WORKERS` sets the
-        // broker's thumbnail workers as for any moonwire config key.
+        // broker's thumbnail workers as for any moonwire config key (0 or unset: one per core).
         let cameras: u64 = std::env::var("MOONWIRE_BENCH_CAMERAS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(4);
+        let workers = std::env::var("MOONWIRE__MEDIA__WORKERS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&w| w > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // The bar, measured in this run on the same frames: 0.7 × the single-core
+        // thumbnail rate × thumbnail workers.
+        let single = single_core_thumbs_per_sec(&frames, if quick { 20 } else { 200 });
+        let bar = 0.7 * single * workers as f64;
+        eprintln!(
+            "single-core thumbnails: {single:.0}/s; bar for {workers} workers: {bar:.0} frames/s"
+        );
+        rows.push(Row {
+            scenario: "media: single-core thumbnail rate, the same four VGA frames".into(),
+            broker: Kind::Moonwire,
+            base: Kind::Moonwire,
+            value: single,
+            unit: "frames/s",
+            note: format!("bar for {workers} workers: 0.7 × rate × workers = {bar:.0} frames/s"),
+        });
         for chunked in [false, true] {
             let b = BrokerProc::start(Kind::Moonwire);
             let n = if quick { 50 } else { 200 * cameras };
-            let rate = rt.block_on(frames_through(b.port, &frame, n, chunked, cameras));
+            let rate = rt.block_on(frames_through(b.port, &frames, n, chunked, cameras));
             let name = if chunked {
                 "media: VGA frames/s end to end, 4 KB chunks"
             } else {
@@ -841,7 +900,10 @@ fn main() {
                 base: Kind::Moonwire,
                 value: rate,
                 unit: "frames/s",
-                note: format!("{n} frames from {cameras} cameras, thumbnails 160 px"),
+                note: format!(
+                    "{n} frames from {cameras} cameras, {workers} workers, {:.2}× the bar",
+                    rate / bar
+                ),
             });
         }
         // Reassembly memory: many cameras at 1 fps of ~60 KB frames in 4 KB chunks.
