@@ -2,8 +2,8 @@
 //! detection from CONNECT, and rumqttd's v4/v5 codecs for the packet bodies.
 
 use crate::router::protocol::{
-    self, Disconnect, DisconnectReasonCode, Packet, Protocol, Publish, PublishProperties, QoS, V4,
-    V5,
+    self, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, Protocol, Publish,
+    PublishProperties, QoS, V4, V5,
 };
 use bytes::BytesMut;
 use std::panic::AssertUnwindSafe;
@@ -192,6 +192,21 @@ impl Codec {
 
     /// Appends a packet to `out`. v3.1.1 connections never see v5 properties.
     pub fn encode(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, CodecError> {
+        if let (Version::V5, Packet::Disconnect(d, props)) = (self.version, &packet) {
+            let empty = |p: &DisconnectProperties| {
+                p.session_expiry_interval.is_none()
+                    && p.reason_string.is_none()
+                    && p.user_properties.is_empty()
+                    && p.server_reference.is_none()
+            };
+            if props.as_ref().is_none_or(empty) {
+                // rumqttd writes a reason code without properties as `E0 00` (Normal
+                // Disconnection) when given empty properties, and with a stray byte after the
+                // packet when given none: reason code and an empty property section instead.
+                out.extend_from_slice(&[0xE0, 2, disconnect_code(d.reason_code), 0]);
+                return Ok(4);
+            }
+        }
         let r = match self.version {
             Version::V5 => V5.write(packet, out),
             Version::V311 => V4.write(strip_properties(packet), out),
@@ -213,6 +228,60 @@ impl Codec {
             Version::V311 => V4.write(Packet::Publish(publish, None), out),
         };
         r.map_err(|e| CodecError::Malformed(e.to_string()))
+    }
+}
+
+impl Codec {
+    /// Appends a packet other than PUBLISH for a client whose Maximum Packet Size is `max`.
+    /// A Reason String or User Property that would take the packet past it is left out, so
+    /// the client still gets the packet and its reason code [MQTT-3.2.2-19] [MQTT-3.2.2-20]
+    /// [MQTT-3.4.2-2] [MQTT-3.4.2-3] [MQTT-3.14.2-3] [MQTT-3.14.2-4] and the like.
+    pub fn encode_within(
+        &self,
+        packet: Packet,
+        max: Option<usize>,
+        out: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
+        let lean = match max {
+            Some(_) if self.version == Version::V5 => without_problem_info(&packet),
+            _ => None,
+        };
+        let (Some(max), Some(lean)) = (max, lean) else {
+            return self.encode(packet, out);
+        };
+        let start = out.len();
+        let n = self.encode(packet, out)?;
+        if out.len() - start <= max {
+            return Ok(n);
+        }
+        out.truncate(start);
+        self.encode(lean, out)
+    }
+}
+
+/// The packet without its Reason String and User Properties; `None` when it has neither.
+fn without_problem_info(packet: &Packet) -> Option<Packet> {
+    macro_rules! lean {
+        ($variant:ident, $ack:expr, $props:expr) => {{
+            if $props.reason_string.is_none() && $props.user_properties.is_empty() {
+                return None;
+            }
+            let mut props = $props.clone();
+            props.reason_string = None;
+            props.user_properties.clear();
+            Some(Packet::$variant($ack.clone(), Some(props)))
+        }};
+    }
+    match packet {
+        Packet::ConnAck(a, Some(p)) => lean!(ConnAck, a, p),
+        Packet::PubAck(a, Some(p)) => lean!(PubAck, a, p),
+        Packet::PubRec(a, Some(p)) => lean!(PubRec, a, p),
+        Packet::PubRel(a, Some(p)) => lean!(PubRel, a, p),
+        Packet::PubComp(a, Some(p)) => lean!(PubComp, a, p),
+        Packet::SubAck(a, Some(p)) => lean!(SubAck, a, p),
+        Packet::UnsubAck(a, Some(p)) => lean!(UnsubAck, a, p),
+        Packet::Disconnect(d, Some(p)) => lean!(Disconnect, d, p),
+        _ => None,
     }
 }
 
@@ -404,6 +473,42 @@ fn varint(b: &[u8]) -> Result<(usize, usize), CodecError> {
         }
     }
     Err(CodecError::Malformed("bad variable byte integer".into()))
+}
+
+/// The wire value of a DISCONNECT reason code.
+fn disconnect_code(reason: DisconnectReasonCode) -> u8 {
+    use DisconnectReasonCode::*;
+    match reason {
+        NormalDisconnection => 0x00,
+        DisconnectWithWillMessage => 0x04,
+        UnspecifiedError => 0x80,
+        MalformedPacket => 0x81,
+        ProtocolError => 0x82,
+        ImplementationSpecificError => 0x83,
+        NotAuthorized => 0x87,
+        ServerBusy => 0x89,
+        ServerShuttingDown => 0x8B,
+        KeepAliveTimeout => 0x8D,
+        SessionTakenOver => 0x8E,
+        TopicFilterInvalid => 0x8F,
+        TopicNameInvalid => 0x90,
+        ReceiveMaximumExceeded => 0x93,
+        TopicAliasInvalid => 0x94,
+        PacketTooLarge => 0x95,
+        MessageRateTooHigh => 0x96,
+        QuotaExceeded => 0x97,
+        AdministrativeAction => 0x98,
+        PayloadFormatInvalid => 0x99,
+        RetainNotSupported => 0x9A,
+        QoSNotSupported => 0x9B,
+        UseAnotherServer => 0x9C,
+        ServerMoved => 0x9D,
+        SharedSubscriptionNotSupported => 0x9E,
+        ConnectionRateExceeded => 0x9F,
+        MaximumConnectTime => 0xA0,
+        SubscriptionIdentifiersNotSupported => 0xA1,
+        WildcardSubscriptionsNotSupported => 0xA2,
+    }
 }
 
 fn disconnect_reason(code: u8) -> DisconnectReasonCode {

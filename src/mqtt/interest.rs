@@ -54,8 +54,20 @@ impl FilterCounts {
         if self.filters.load(Relaxed) == 0 {
             return false;
         }
-        self.map.read().keys().any(|f| filter_matches(f, topic))
+        self.map
+            .read()
+            .keys()
+            .any(|f| filter_matches(matched_filter(f), topic))
     }
+}
+
+/// The part of a subscription's filter that topics are matched against: a shared
+/// subscription `$share/<group>/<filter>` matches like `<filter>`.
+pub fn matched_filter(filter: &str) -> &str {
+    filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(filter, |(_, inner)| inner)
 }
 
 /// Subscription options that need publish metadata.

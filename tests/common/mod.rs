@@ -411,6 +411,12 @@ pub mod raw {
 
         /// Next packet as (first byte, body); `None` when the broker closed or on timeout.
         pub async fn read(&mut self, wait: Duration) -> Option<(u8, Vec<u8>)> {
+            let (hlen, wire) = self.read_wire(wait).await?;
+            Some((wire[0], wire[hlen..].to_vec()))
+        }
+
+        /// Next packet exactly as it came on the wire, with the length of its fixed header.
+        pub async fn read_wire(&mut self, wait: Duration) -> Option<(usize, Vec<u8>)> {
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 if self.buf.len() >= 2 {
@@ -427,16 +433,27 @@ pub mod raw {
                         }
                     }
                     if complete && self.buf.len() >= i + len {
-                        let first = self.buf[0];
-                        let body = self.buf[i..i + len].to_vec();
-                        self.buf.drain(..i + len);
-                        return Some((first, body));
+                        let wire = self.buf.drain(..i + len).collect();
+                        return Some((i, wire));
                     }
                 }
                 let mut tmp = [0u8; 4096];
                 match tokio::time::timeout_at(deadline, self.stream.read(&mut tmp)).await {
                     Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
                     Ok(Ok(n)) => self.buf.extend_from_slice(&tmp[..n]),
+                }
+            }
+        }
+
+        /// Every byte left until the broker closes the connection (or `wait` passes).
+        pub async fn rest(&mut self, wait: Duration) -> Vec<u8> {
+            let mut out = std::mem::take(&mut self.buf);
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let mut tmp = [0u8; 4096];
+                match tokio::time::timeout_at(deadline, self.stream.read(&mut tmp)).await {
+                    Ok(Ok(n)) if n > 0 => out.extend_from_slice(&tmp[..n]),
+                    _ => return out,
                 }
             }
         }

@@ -21,7 +21,8 @@ pub(super) async fn read_connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                             session_present: false,
                             code: ConnectReturnCode::ProtocolError,
                         };
-                        refuse_connect(io, &codec, ack, why).await?;
+                        // The properties did not decode, so the client's maximum is unknown.
+                        refuse_connect(io, &codec, ack, why, None).await?;
                         return Err(CodecError::Protocol(why).into());
                     }
                     Err(e) => return Err(e.into()),
@@ -64,6 +65,11 @@ pub(super) async fn run_connected<R, W>(
     W: AsyncWrite + Unpin + Send,
 {
     let v5 = codec.version == Version::V5;
+    let max = info
+        .props
+        .as_ref()
+        .and_then(|p| p.max_packet_size)
+        .map(|m| m as usize);
     let refuse = |code: ConnectReturnCode| ConnAck {
         session_present: false,
         code,
@@ -78,6 +84,7 @@ pub(super) async fn run_connected<R, W>(
                 &codec,
                 refuse(code),
                 "empty client id needs clean start",
+                max,
             )
             .await;
             return;
@@ -92,6 +99,7 @@ pub(super) async fn run_connected<R, W>(
             &codec,
             refuse(ConnectReturnCode::ClientIdentifierNotValid),
             "client id must not contain + # / $ or be reserved",
+            max,
         )
         .await;
         return;
@@ -100,7 +108,7 @@ pub(super) async fn run_connected<R, W>(
     if let Some((code, why)) = connect_violation(&info.will, &info.props, v5) {
         broker.metrics.dropped(DropReason::Protocol, 1);
         if v5 {
-            let _ = refuse_connect(&mut io, &codec, refuse(code), why).await;
+            let _ = refuse_connect(&mut io, &codec, refuse(code), why, max).await;
         }
         tracing::debug!(%peer, why, "CONNECT refused");
         return;
@@ -117,6 +125,7 @@ pub(super) async fn run_connected<R, W>(
             &codec,
             ack,
             "enhanced authentication is not supported",
+            max,
         )
         .await;
         return;
@@ -137,7 +146,7 @@ pub(super) async fn run_connected<R, W>(
                 AuthError::BadCredentials => ConnectReturnCode::BadUserNamePassword,
                 AuthError::NotAuthorized => ConnectReturnCode::NotAuthorized,
             };
-            let _ = refuse_connect(&mut io, &codec, refuse(code), &e.to_string()).await;
+            let _ = refuse_connect(&mut io, &codec, refuse(code), &e.to_string(), max).await;
             return;
         }
     };
@@ -152,7 +161,7 @@ pub(super) async fn run_connected<R, W>(
             tracing::info!(%peer, client_id = connect.client_id, reason, "connection refused by a connect block");
             broker.metrics.dropped(DropReason::AuthFailed, 1);
             let ack = refuse(ConnectReturnCode::NotAuthorized);
-            let _ = refuse_connect(&mut io, &codec, ack, &reason).await;
+            let _ = refuse_connect(&mut io, &codec, ack, &reason, max).await;
             return;
         }
     }
@@ -167,6 +176,7 @@ pub(super) async fn run_connected<R, W>(
             &codec,
             refuse(code),
             "server connection limit reached",
+            max,
         )
         .await;
         return;
@@ -211,6 +221,7 @@ pub(super) async fn run_connected<R, W>(
                 &codec,
                 refuse(code),
                 "router refused the connection",
+                max,
             )
             .await;
             return;
@@ -236,6 +247,7 @@ pub(super) async fn run_connected<R, W>(
                 &codec,
                 refuse(unavailable(v5)),
                 "store unavailable",
+                max,
             )
             .await;
             return;
@@ -399,17 +411,20 @@ pub(super) async fn end_router_session(broker: &Broker, client_id: &str) {
     broker.registry.restore_filters(client_id, true);
 }
 
+/// Sends the refusing CONNACK and closes; `max`: the client's Maximum Packet Size, if it sent
+/// one, which the reason string must not push the CONNACK past [MQTT-3.2.2-19].
 async fn refuse_connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     io: &mut Io<R, W>,
     codec: &Codec,
     ack: ConnAck,
     reason: &str,
+    max: Option<usize>,
 ) -> Result<(), SessionError> {
     let props = (codec.version == Version::V5).then(|| ConnAckProperties {
         reason_string: Some(reason.to_string()),
         ..Default::default()
     });
-    codec.encode(Packet::ConnAck(ack, props), &mut io.wbuf)?;
+    codec.encode_within(Packet::ConnAck(ack, props), max, &mut io.wbuf)?;
     io.flush().await?;
     let _ = io.writer.shutdown().await;
     Ok(())
@@ -444,6 +459,17 @@ fn connect_violation(
             };
             return Some((code, "the will topic is not a valid topic name"));
         }
+    }
+    let will_response_topic = will
+        .as_ref()
+        .and_then(|(_, p)| p.as_ref())
+        .and_then(|p| p.response_topic.as_deref());
+    if will_response_topic.is_some_and(|t| t.contains(['+', '#'])) {
+        // The will is published with it unaltered [MQTT-3.3.2-15]; refused now [MQTT-3.3.2-14].
+        return Some((
+            ConnectReturnCode::ProtocolError,
+            "the will's Response Topic has wildcards",
+        ));
     }
     let p = props.as_ref()?;
     let bad = p.receive_maximum == Some(0)

@@ -187,7 +187,8 @@ where
             let Some(c) = commits.pop_front() else { break };
             self.unacked_staged = self.unacked_staged.saturating_sub(c.publishes);
             for ack in c.acks {
-                self.codec.encode(ack, &mut self.io.wbuf)?;
+                self.codec
+                    .encode_within(ack, self.client_max_packet, &mut self.io.wbuf)?;
             }
         }
         let n = self.io.flush().await?;

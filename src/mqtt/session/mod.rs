@@ -421,7 +421,8 @@ where
             return outcome;
         }
         for ack in self.acks.drain(..) {
-            self.codec.encode(ack, &mut self.io.wbuf)?;
+            self.codec
+                .encode_within(ack, self.client_max_packet, &mut self.io.wbuf)?;
         }
         let n = self.io.flush().await?;
         self.broker.metrics.bytes_out.fetch_add(n as u64, Relaxed);

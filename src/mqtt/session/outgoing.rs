@@ -78,8 +78,9 @@ where
         let Some(p) = self.outgoing_packet(p) else {
             return Ok(());
         };
+        let max = self.client_max_packet;
         if let Packet::Disconnect(..) = p {
-            self.codec.encode(p, &mut self.io.wbuf)?;
+            self.codec.encode_within(p, max, &mut self.io.wbuf)?;
             self.io.flush().await?;
             return Err(SessionError::Protocol("router disconnected the client"));
         }
@@ -87,7 +88,7 @@ where
             Packet::SubAck(a, _) => Some(a.pkid),
             _ => None,
         };
-        if let Err(e) = self.codec.encode(p, &mut self.io.wbuf) {
+        if let Err(e) = self.codec.encode_within(p, max, &mut self.io.wbuf) {
             tracing::warn!(client_id = self.client_id, error = %e, "dropping unencodable packet");
         } else if let Some(pkid) = suback {
             self.release_retained(pkid)?;
@@ -128,8 +129,9 @@ where
         }
         let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
         let matches = |set: &HashSet<String>| {
-            set.iter()
-                .any(|f| crate::pipeline::filter_matches(f, topic))
+            set.iter().any(|f| {
+                crate::pipeline::filter_matches(crate::mqtt::interest::matched_filter(f), topic)
+            })
         };
         fate.withhold =
             meta.origin.as_deref() == Some(self.client_id.as_str()) && matches(&self.no_local);
@@ -593,8 +595,9 @@ where
                 user_properties: vec![],
                 server_reference: None,
             });
-            let _ = self.codec.encode(
+            let _ = self.codec.encode_within(
                 Packet::Disconnect(Disconnect { reason_code: code }, props),
+                self.client_max_packet,
                 &mut self.io.wbuf,
             );
             let _ = tokio::time::timeout(Duration::from_secs(1), self.io.flush()).await;

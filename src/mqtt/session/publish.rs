@@ -103,6 +103,16 @@ where
                 "a PUBLISH from a client carries a Subscription Identifier [MQTT-3.3.4-6]",
             ));
         }
+        if props
+            .as_ref()
+            .and_then(|p| p.response_topic.as_deref())
+            .is_some_and(|t| t.contains(['+', '#']))
+        {
+            // Forwarded unaltered [MQTT-3.3.2-15], it would make our PUBLISH break the rule.
+            return Err(SessionError::Protocol(
+                "a Response Topic with wildcards [MQTT-3.3.2-14]",
+            ));
+        }
         let alias = props.as_ref().and_then(|p| p.topic_alias);
         if publish.topic.is_empty() && alias.is_none() && self.codec.version == Version::V5 {
             return Err(SessionError::Protocol(
