@@ -3258,7 +3258,8 @@ async fn refused_shared_delivery_goes_to_no_other_member() {
 }
 
 /// Share group `group` of two v5 members with Session Expiry `expiry`; one message is published
-/// at QoS 1 and the member that got it drops its connection unacknowledged. Returns the
+/// at QoS 2 (the statements below are about QoS 2 deliveries; for QoS 1 the specification lets
+/// the server choose) and the member that got it drops its connection before PUBREC. Returns the
 /// member's CONNECT, the delivery, and whatever the other member got within a second.
 async fn shared_member_drops(
     b: &TestBroker,
@@ -3272,7 +3273,7 @@ async fn shared_member_drops(
     let mut members = Vec::new();
     for c in &connects {
         let (mut m, _) = open_with(b, c).await;
-        assert_eq!(sub5(&mut m, &filter, 1).await, 1);
+        assert_eq!(sub5(&mut m, &filter, 2).await, 2);
         members.push(m);
     }
     let mut p = open5(b, &format!("shf-{group}-p")).await;
@@ -3280,13 +3281,14 @@ async fn shared_member_drops(
         format!("shf/{group}").as_bytes(),
         &[],
         b"x",
-        1,
+        2,
         false,
         1,
     ))
     .await;
-    assert_eq!(p.read(WAIT).await.map(|(f, _)| f), Some(0x40));
+    assert_eq!(p.read(WAIT).await.map(|(f, _)| f), Some(0x50));
     let (i, first) = shared_delivery(&mut members).await;
+    assert_eq!(first.qos, 2);
     drop(members.remove(i));
     let other = members[0].read(Duration::from_secs(1)).await;
     (connects[i].clone(), first, other)
@@ -3306,8 +3308,9 @@ async fn shared_delivery_of_an_ended_session_goes_to_no_other_member() {
 /// with that member's kept session: it is not sent to the other member, and the member gets it
 /// again (DUP 1, same packet id) when it reconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails (about one run in four): the message goes to no other member, but is not \
-            resent to its member on reconnect either, so it is lost"]
+#[ignore = "fails under load (about one run in three): rumqttd rewinds the share group's cursor \
+            when the member drops, but nothing wakes the group's parked reads, so the resend (DUP 1, \
+            same packet id) waits for the next message on the filter"]
 async fn shared_delivery_in_flight_is_resent_to_its_member() {
     let b = TestBroker::start().await;
     let (connect, first, other) = shared_member_drops(&b, "keep", 60).await;
