@@ -19,10 +19,12 @@ pub enum DropReason {
     AuthFailed,
     AclDenied,
     RateLimited,
+    /// A delivery whose Message Expiry Interval passed before it was sent.
+    Expired,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 13] = [
+    const ALL: [DropReason; 14] = [
         DropReason::Pipeline,
         DropReason::PacketTooLarge,
         DropReason::Malformed,
@@ -36,6 +38,7 @@ impl DropReason {
         DropReason::AuthFailed,
         DropReason::AclDenied,
         DropReason::RateLimited,
+        DropReason::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl DropReason {
             DropReason::AuthFailed => "auth_failed",
             DropReason::AclDenied => "acl_denied",
             DropReason::RateLimited => "rate_limited",
+            DropReason::Expired => "expired",
         }
     }
 }

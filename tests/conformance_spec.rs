@@ -2842,9 +2842,6 @@ async fn qos2_flows_outlive_message_expiry() {
 /// when the kept session reconnects, also once its Message Expiry Interval has passed (a QoS 2
 /// message without expiry, resent the same way, is the control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the message whose expiry passed is not resent after the reconnect (the one \
-            without expiry is): rumqttd's router re-reads unacknowledged messages from its log \
-            on reconnect and drops expired ones there (router/logs.rs)"]
 async fn sent_qos2_message_is_resent_after_its_expiry() {
     let b = TestBroker::start().await;
     let connect = raw::connect_v5_expiry("mxr-s", false, 60);
@@ -2872,19 +2869,23 @@ async fn sent_qos2_message_is_resent_after_its_expiry() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (mut s, ack) = open_with(&b, &connect).await;
     assert_eq!(ack[0], 1, "session present");
-    let mut got = Vec::new();
+    // Both resends may come before the first PUBREL: answer whatever arrives.
+    let (mut got, mut rels) = (Vec::new(), 0);
     while let Some((f, body)) = s.read(QUIET).await {
+        if f == 0x62 {
+            rels += 1;
+            s.send(&raw::packet(0x70, &body[..2])).await;
+            continue;
+        }
         let m = parse_publish(5, f, &body);
         s.send(&raw::packet(0x50, &m.pkid.to_be_bytes())).await;
         got.push((String::from_utf8_lossy(&m.payload).into_owned(), m.dup));
-        let (f, body) = s.read(WAIT).await.expect("PUBREL");
-        assert_eq!(f, 0x62);
-        s.send(&raw::packet(0x70, &body[..2])).await;
     }
     assert_eq!(
         got,
         vec![("plain".to_string(), true), ("exp".to_string(), true)]
     );
+    assert_eq!(rels, 2, "both flows completed");
     b.stop().await;
 }
 

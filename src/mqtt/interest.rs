@@ -18,10 +18,13 @@ use std::sync::atomic::Ordering::Relaxed;
 pub const RESERVED_PREFIX: char = '\u{0}';
 /// Publisher's client id, added while a No Local subscription could match.
 pub const ORIGIN_KEY: &str = "\u{0}moonwire-origin";
-/// `q<qos> r<retain> s<seq>` parts, each present only when needed (`s`: the message's
+/// `q<qos> r<retain> s<seq> x<ms>` parts, each present only when needed (`s`: the message's
 /// sequence in the store's offline queues, so the session that delivers it can release the
-/// stored copy when the client acknowledges it). (Message expiry needs nothing:
-/// the router timestamps what it stores and lowers or drops on delivery.)
+/// stored copy when the client acknowledges it; `x`: when the message expires, in Unix ms).
+/// Message expiry is the edge's, not the router's: the router would also drop an expired
+/// message that it re-reads for a resend after a reconnect, which must still go out
+/// [MQTT-4.3.3-7]. So the Message Expiry Interval is taken off before routing and the session
+/// that delivers the message drops it or forwards the remaining interval [MQTT-3.3.2-5/6].
 pub const META_KEY: &str = "\u{0}moonwire-meta";
 
 /// Filters subscribed with one option, with how many sessions did.
@@ -88,10 +91,13 @@ pub struct Meta {
     pub qos: Option<u8>,
     pub retain: bool,
     pub stored: Option<u64>,
+    /// When the message expires (Unix ms).
+    pub expires_at: Option<u64>,
 }
 
 impl Interests {
-    /// Removes reserved keys a client sent, then adds what subscriptions need.
+    /// Removes reserved keys a client sent, then adds what subscriptions need and moves the
+    /// Message Expiry Interval into the metadata (see [`META_KEY`]).
     pub fn tag(
         &self,
         props: &mut Option<PublishProperties>,
@@ -118,6 +124,13 @@ impl Interests {
         }
         if let Some(seq) = stored {
             meta.push_str(&format!("s{seq} "));
+        }
+        if let Some(secs) = props
+            .as_mut()
+            .and_then(|p| p.message_expiry_interval.take())
+        {
+            let at = crate::pipeline::now_ms().saturating_add(u64::from(secs) * 1000);
+            meta.push_str(&format!("x{at} "));
         }
         let origin = client_id.filter(|_| self.no_local.matches(topic));
         if meta.is_empty() && origin.is_none() {
@@ -167,6 +180,7 @@ pub fn take_meta(props: &mut Option<PublishProperties>) -> Meta {
                     Some(("q", n)) => meta.qos = n.parse().ok(),
                     Some(("r", n)) => meta.retain = n == "1",
                     Some(("s", n)) => meta.stored = n.parse().ok(),
+                    Some(("x", n)) => meta.expires_at = n.parse().ok(),
                     _ => {}
                 }
             }
@@ -213,9 +227,22 @@ mod tests {
                 qos: Some(1),
                 retain: true,
                 stored: None,
+                expires_at: None,
             }
         );
         assert!(props.is_none(), "reserved keys removed, nothing else left");
+
+        // The Message Expiry Interval travels as a deadline, never to the router as such.
+        let mut props = Some(PublishProperties {
+            message_expiry_interval: Some(30),
+            ..Default::default()
+        });
+        let before = crate::pipeline::now_ms();
+        i.tag(&mut props, "x/y", None, 0, false, None);
+        assert_eq!(props.as_ref().unwrap().message_expiry_interval, None);
+        let at = take_meta(&mut props).expires_at.unwrap();
+        assert!((before + 30_000..=crate::pipeline::now_ms() + 30_000).contains(&at));
+        assert!(props.is_none());
 
         i.no_local.remove("a/#");
         let mut none = None;

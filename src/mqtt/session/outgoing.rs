@@ -28,6 +28,8 @@ pub(super) struct Fate {
     /// Topic and payload as the router's log holds them (persistent sessions), to recognise
     /// the message when the router sends it again after a reconnect.
     msg: Option<(Bytes, Bytes)>,
+    /// When the message expires (Unix ms), from the metadata.
+    expires_at: Option<u64>,
 }
 
 impl<R, W> Session<R, W>
@@ -105,6 +107,22 @@ where
         if self.router_persistent {
             fate.msg = Some((publish.topic.clone(), publish.payload.clone()));
         }
+        if let Some(at) = fate.expires_at {
+            let now = crate::pipeline::now_ms();
+            if at > now {
+                // The remaining interval, rounded up so it never reads as already expired
+                // [MQTT-3.3.2-6].
+                let left = u32::try_from((at - now).div_ceil(1000)).unwrap_or(u32::MAX);
+                props
+                    .get_or_insert_with(Default::default)
+                    .message_expiry_interval = Some(left);
+            } else if !fate.msg.as_ref().is_some_and(|m| self.pkids.carries(m)) {
+                // Expired before onward delivery started [MQTT-3.3.2-5]; a resend of one the
+                // client was already sent still goes out [MQTT-4.3.3-7].
+                self.broker.metrics.dropped(DropReason::Expired, 1);
+                fate.withhold = true;
+            }
+        }
         let start = self.io.wbuf.len();
         match self.codec.encode_publish(publish, props, &mut self.io.wbuf) {
             Ok(_) => self.settle_outgoing_publish(start, fate),
@@ -140,6 +158,7 @@ where
         }
         fate.published_qos = meta.qos;
         fate.stored = meta.stored;
+        fate.expires_at = meta.expires_at;
         fate
     }
 

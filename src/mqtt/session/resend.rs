@@ -136,6 +136,12 @@ impl Pkids {
                 .any(|c| c.shown.client_pkid == client_pkid)
     }
 
+    /// Whether this message (topic and payload as the router holds them) is a delivery of an
+    /// earlier connection that the router has not re-sent yet.
+    pub(super) fn carries(&self, (topic, payload): &(Bytes, Bytes)) -> bool {
+        self.carried.iter().any(|c| c.shown.is(topic, payload))
+    }
+
     /// The client's packet id for a router delivery (`msg`: its topic and payload, known for
     /// persistent sessions), and whether it re-sends a delivery of an earlier connection.
     pub(super) fn assign(&mut self, router_pkid: u16, msg: Option<&(Bytes, Bytes)>) -> Assigned {
