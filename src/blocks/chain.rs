@@ -96,19 +96,16 @@ fn failed(vm: &BlockVm) -> Verdict {
 }
 
 pub(crate) async fn before_publish(set: &BlockSet, msg: Message) -> Verdict {
-    let topic = msg.topic.clone();
-    let mut current = msg;
-    let mut changed = false;
+    // Blocks bind to the topic the client published to; a rewrite does not rebind the chain.
+    let mut modified: Option<Message> = None;
     for vm in set.bound(BlockEvent::BeforePublish) {
-        let Some(matches) = vm.spec.captures(&topic) else {
+        let Some(matches) = vm.spec.captures(&msg.topic) else {
             continue;
         };
-        match invoke::on_publish(vm, &current, &matches, None).await {
+        let current = modified.as_ref().unwrap_or(&msg);
+        match invoke::on_publish(vm, current, &matches, None).await {
             Ok(Outcome::Pass) => {}
-            Ok(Outcome::Modify(m)) => {
-                current = m;
-                changed = true;
-            }
+            Ok(Outcome::Modify(m)) => modified = Some(m),
             Ok(Outcome::Drop(reason)) => {
                 return Verdict::Drop {
                     code: DropCode::ImplementationSpecific,
@@ -120,10 +117,9 @@ pub(crate) async fn before_publish(set: &BlockSet, msg: Message) -> Verdict {
             Err(_) => {}
         }
     }
-    if changed {
-        Verdict::Modify(current)
-    } else {
-        Verdict::Pass
+    match modified {
+        Some(m) => Verdict::Modify(m),
+        None => Verdict::Pass,
     }
 }
 

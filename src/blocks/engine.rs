@@ -282,7 +282,12 @@ impl BlockEngine {
                     at.push(i);
                     batch.push(msg);
                 }
-                None => jobs.push((l, vec![i], vec![msg])),
+                None => {
+                    // Sized for the whole batch: one session's batch is one job.
+                    let mut batch = Vec::with_capacity(n - i);
+                    batch.push(msg);
+                    jobs.push((l, vec![i], batch));
+                }
             }
         }
         let sends: Vec<_> = jobs

@@ -327,6 +327,7 @@ pub(super) async fn run_connected<R, W>(
         held: VecDeque::new(),
         client_max_packet: props.max_packet_size.map(|m| m as usize),
         stored_inflight: HashMap::new(),
+        pending: Vec::new(),
     };
     broker.metrics.connections.fetch_add(1, Relaxed);
     broker.metrics.connections_total.fetch_add(1, Relaxed);

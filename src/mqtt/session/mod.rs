@@ -86,6 +86,8 @@ const READ_CHUNK: usize = 4096;
 const WRITE_BATCH: usize = 512;
 /// Topic aliases a v5 client may set towards us (announced in CONNACK).
 const TOPIC_ALIAS_MAX: u16 = 64;
+/// Largest pending-publish buffer a session keeps between read batches.
+const PENDING_KEEP: usize = 64;
 
 /// Serves one accepted connection until it closes.
 pub async fn serve<S>(stream: S, meta: ConnMeta, broker: Arc<Broker>)
@@ -267,6 +269,9 @@ struct Session<R, W> {
     /// Router deliveries in flight whose messages also sit in the store's queue for this
     /// session: packet id → store sequence, released when the client acknowledges.
     stored_inflight: HashMap<u16, u64>,
+    /// The pipeline's pending publishes of a read batch; kept between batches so a busy
+    /// session does not regrow it (its elements are large) on every read.
+    pending: Vec<Pending>,
 }
 
 /// What `admit_publish` decided.
@@ -360,7 +365,7 @@ where
         let mut outcome = Ok(());
         // Publishes that pipeline stages want are started together and finished in order, so
         // a batch bound to a Lua block costs one worker round trip, not one per message.
-        let mut pending: Vec<Pending> = Vec::new();
+        let mut pending = std::mem::take(&mut self.pending);
         loop {
             let frame = match self.codec.decode(&mut self.io.rbuf) {
                 Ok(Some(f)) => f,
@@ -409,6 +414,9 @@ where
             }
         }
         self.run_pending(&mut pending).await;
+        if pending.capacity() <= PENDING_KEEP {
+            self.pending = pending;
+        }
         self.broker
             .metrics
             .messages_in

@@ -17,7 +17,7 @@ where
         let metas: Vec<(QoS, u16, bool)> =
             pending.iter().map(|p| (p.qos, p.pkid, p.tapped)).collect();
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(pending.len());
-        let mut wanted = Vec::new();
+        let mut wanted = Vec::with_capacity(pending.len());
         for p in pending.drain(..) {
             if p.wants {
                 outcomes.push(None);
