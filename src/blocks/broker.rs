@@ -25,9 +25,12 @@ impl Stage for BlocksStage {
         Step::Later(Box::pin(self.engine.before_publish(msg.clone())))
     }
 
-    fn process_many(&self, msgs: &[&Message]) -> Option<BatchFuture> {
-        let batch = msgs.iter().map(|m| (*m).clone()).collect();
-        Some(Box::pin(self.engine.before_publish_many(batch)))
+    fn process_many(&self, msgs: Vec<Message>) -> Result<BatchFuture, Vec<Message>> {
+        let lent = self.engine.before_publish_lent(msgs);
+        Ok(Box::pin(async move {
+            let (msgs, verdicts) = lent.await;
+            msgs.into_iter().zip(verdicts).collect()
+        }))
     }
 }
 

@@ -95,14 +95,14 @@ fn failed(vm: &BlockVm) -> Verdict {
     }
 }
 
-pub(crate) async fn before_publish(set: &BlockSet, msg: Message) -> Verdict {
+pub(crate) async fn before_publish(set: &BlockSet, msg: &Message) -> Verdict {
     // Blocks bind to the topic the client published to; a rewrite does not rebind the chain.
     let mut modified: Option<Message> = None;
     for vm in set.bound(BlockEvent::BeforePublish) {
         let Some(matches) = vm.spec.captures(&msg.topic) else {
             continue;
         };
-        let current = modified.as_ref().unwrap_or(&msg);
+        let current = modified.as_ref().unwrap_or(msg);
         match invoke::on_publish(vm, current, &matches, None).await {
             Ok(Outcome::Pass) => {}
             Ok(Outcome::Modify(m)) => modified = Some(m),

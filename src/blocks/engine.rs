@@ -260,9 +260,23 @@ impl BlockEngine {
         &self,
         msgs: Vec<Message>,
     ) -> impl std::future::Future<Output = Vec<Verdict>> + Send + 'static {
+        let lent = self.before_publish_lent(msgs);
+        async move { lent.await.1 }
+    }
+
+    /// [`before_publish_many`](Self::before_publish_many) that gives the messages back: the
+    /// workers borrow each job's messages (one shared allocation per job) instead of getting
+    /// copies, and the caller keeps routing the originals. A message comes back `None` only if
+    /// it was lost with a worker, which cannot happen while the engine runs.
+    pub fn before_publish_lent(
+        &self,
+        msgs: Vec<Message>,
+    ) -> impl std::future::Future<Output = (Vec<Option<Message>>, Vec<Verdict>)> + Send + 'static
+    {
         let plan = self.inner.plan.load();
         let n = msgs.len();
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(n);
+        let mut kept: Vec<Option<Message>> = Vec::with_capacity(n);
         let mut fail_closed = Vec::with_capacity(n);
         // Jobs in the order their first message appears; a batch from a session has one.
         let mut jobs: Vec<(u64, Vec<usize>, Vec<Message>)> = Vec::new();
@@ -270,12 +284,14 @@ impl BlockEngine {
             if !plan.before_index.matches(&msg.topic) {
                 fail_closed.push(false);
                 verdicts.push(Some(Verdict::Pass));
+                kept.push(Some(msg));
                 continue;
             }
             fail_closed.push(plan.bound(BlockEvent::BeforePublish).any(|b| {
                 b.cfg.on_error == OnError::Drop && b.filters.iter().any(|f| f.matches(&msg.topic))
             }));
             verdicts.push(None);
+            kept.push(None);
             let l = worker::lane(&msg.origin.client_id);
             match jobs.iter_mut().find(|(jl, _, _)| *jl == l) {
                 Some((_, at, batch)) => {
@@ -295,15 +311,16 @@ impl BlockEngine {
             .map(|(l, at, batch)| {
                 let w = self.worker_for_lane(l);
                 let (reply, rx) = oneshot::channel();
+                let batch = Arc::new(batch);
                 let env = Envelope {
                     job: Job::Before {
                         lane: l,
-                        msgs: batch,
+                        msgs: batch.clone(),
                         reply,
                     },
                     enqueued: Instant::now(),
                 };
-                (w.queue.clone(), w.metrics.clone(), env, rx, at)
+                (w.queue.clone(), w.metrics.clone(), env, rx, at, batch)
             })
             .collect();
         async move {
@@ -318,29 +335,38 @@ impl BlockEngine {
                 }
             };
             let mut waits = Vec::with_capacity(sends.len());
-            for (queue, metrics, env, rx, at) in sends {
+            for (queue, metrics, env, rx, at, batch) in sends {
                 let sent = enqueue(&queue, &metrics, env).await;
-                waits.push((sent.then_some(rx), at));
+                waits.push((sent.then_some(rx), at, batch));
             }
-            for (rx, at) in waits {
+            for (rx, at, batch) in waits {
                 let got = match rx {
                     Some(rx) => rx.await.unwrap_or_default(),
                     None => Vec::new(),
                 };
                 // A reply shorter than its batch means the worker stopped part-way.
                 let mut got = got.into_iter();
-                for i in at {
+                for &i in &at {
                     let v = got.next().unwrap_or_else(|| fallback(i));
                     if let Some(slot) = verdicts.get_mut(i) {
                         *slot = Some(v);
                     }
                 }
+                // The worker dropped its share before replying, or with the job; copying is
+                // only a safety net.
+                let back = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
+                for (i, m) in at.into_iter().zip(back) {
+                    if let Some(slot) = kept.get_mut(i) {
+                        *slot = Some(m);
+                    }
+                }
             }
-            verdicts
+            let verdicts = verdicts
                 .into_iter()
                 .enumerate()
                 .map(|(i, v)| v.unwrap_or_else(|| fallback(i)))
-                .collect()
+                .collect();
+            (kept, verdicts)
         }
     }
 

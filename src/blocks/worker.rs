@@ -43,7 +43,10 @@ pub(crate) enum Job {
     /// Messages of one lane, in order; one verdict per message comes back.
     Before {
         lane: u64,
-        msgs: Vec<Message>,
+        /// Lent by the caller, which takes them back after the reply (see
+        /// `BlockEngine::before_publish_lent`); declared before `reply` so a dropped job lets
+        /// go of them before its caller hears of it.
+        msgs: std::sync::Arc<Vec<Message>>,
         reply: oneshot::Sender<Vec<Verdict>>,
     },
     After {
@@ -351,13 +354,15 @@ async fn process(set: &BlockSet, job: Job) {
     match job {
         Job::Before { msgs, reply, .. } => {
             let mut verdicts = Vec::with_capacity(msgs.len());
-            for msg in msgs {
+            for msg in msgs.iter() {
                 // The caller gave up (e.g. its connection closed): nothing would use the rest.
                 if reply.is_closed() {
                     return;
                 }
                 verdicts.push(chain::before_publish(set, msg).await);
             }
+            // Let go of the messages before answering, so the caller gets them back unshared.
+            drop(msgs);
             let _ = reply.send(verdicts);
         }
         Job::After { msg } => chain::after_publish(set, msg).await,

@@ -31,16 +31,17 @@ pub trait Stage: Send + Sync + 'static {
     fn wants(&self, topic: &str, payload_len: usize) -> bool;
     /// Decides what happens to the message.
     fn process(&self, msg: &Message) -> Step;
-    /// Decides for several messages at once, one verdict each, in order. A stage whose work
-    /// crosses threads (the blocks workers) implements it so a batch costs one hand-off;
-    /// `None` means "call [`process`](Self::process) per message".
-    fn process_many(&self, _msgs: &[&Message]) -> Option<BatchFuture> {
-        None
+    /// Decides for several messages at once, in order: each message comes back with its
+    /// verdict (`None` if the stage lost it). A stage whose work crosses threads (the blocks
+    /// workers) implements it so a batch costs one hand-off and no copies; `Err` gives the
+    /// messages back untouched, meaning "call [`process`](Self::process) per message".
+    fn process_many(&self, msgs: Vec<Message>) -> Result<BatchFuture, Vec<Message>> {
+        Err(msgs)
     }
 }
 
-/// The verdicts of [`Stage::process_many`].
-pub type BatchFuture = Pin<Box<dyn Future<Output = Vec<Verdict>> + Send>>;
+/// The messages and verdicts of [`Stage::process_many`].
+pub type BatchFuture = Pin<Box<dyn Future<Output = Vec<(Option<Message>, Verdict)>> + Send>>;
 
 /// Observes messages after they were handed to the router. Must not block.
 pub trait Tap: Send + Sync + 'static {
@@ -118,38 +119,47 @@ impl Pipeline {
             if idx.is_empty() {
                 continue;
             }
-            let refs: Vec<&Message> = idx
-                .iter()
-                .filter_map(|&i| live.get(i).and_then(|m| m.as_ref().ok()))
-                .collect();
-            let verdicts = match stage.process_many(&refs) {
-                Some(fut) => fut.await,
-                None => {
-                    let steps: Vec<Step> = refs.iter().map(|m| stage.process(m)).collect();
-                    futures_util::future::join_all(steps.into_iter().map(|s| async move {
-                        match s {
-                            Step::Now(v) => v,
-                            Step::Later(fut) => fut.await,
-                        }
-                    }))
-                    .await
+            // The stage gets the messages themselves; their slots wait with a "no verdict"
+            // placeholder, which only a stage losing a message would leave in place.
+            let mut taken = Vec::with_capacity(idx.len());
+            for &i in &idx {
+                if let Some(slot) = live.get_mut(i)
+                    && let Ok(m) = std::mem::replace(slot, Err(no_verdict()))
+                {
+                    taken.push(m);
+                }
+            }
+            let decided: Vec<(Option<Message>, Verdict)> = match stage.process_many(taken) {
+                Ok(fut) => fut.await,
+                Err(taken) => {
+                    let steps: Vec<Step> = taken.iter().map(|m| stage.process(m)).collect();
+                    let verdicts =
+                        futures_util::future::join_all(steps.into_iter().map(|s| async move {
+                            match s {
+                                Step::Now(v) => v,
+                                Step::Later(fut) => fut.await,
+                            }
+                        }))
+                        .await;
+                    taken.into_iter().map(Some).zip(verdicts).collect()
                 }
             };
-            for (i, verdict) in idx.into_iter().zip(verdicts) {
+            for (i, (msg, verdict)) in idx.into_iter().zip(decided) {
                 let Some(slot) = live.get_mut(i) else {
                     continue;
                 };
-                match verdict {
-                    Verdict::Pass => {}
-                    Verdict::Modify(m) => *slot = Ok(m),
-                    Verdict::Drop { code, reason } => {
-                        if let Ok(m) = slot {
+                *slot = match (msg, verdict) {
+                    (_, Verdict::Modify(m)) => Ok(m),
+                    (Some(m), Verdict::Pass) => Ok(m),
+                    (None, Verdict::Pass) => Err(no_verdict()),
+                    (msg, Verdict::Drop { code, reason }) => {
+                        if let Some(m) = msg {
                             tracing::debug!(stage = stage.name(), topic = %m.topic, %reason, "publish dropped");
                         }
-                        *slot = Err(Outcome::Drop { code, reason });
+                        Err(Outcome::Drop { code, reason })
                     }
-                    Verdict::Consume => *slot = Err(Outcome::Consume),
-                }
+                    (_, Verdict::Consume) => Err(Outcome::Consume),
+                };
             }
         }
         live.into_iter()
@@ -377,19 +387,19 @@ mod tests {
         fn process(&self, _: &Message) -> Step {
             unreachable!("batched stages are called through process_many")
         }
-        fn process_many(&self, msgs: &[&Message]) -> Option<BatchFuture> {
+        fn process_many(&self, msgs: Vec<Message>) -> Result<BatchFuture, Vec<Message>> {
             if let Ok(mut c) = self.calls.lock() {
                 c.push(msgs.len());
             }
             let out = msgs
-                .iter()
+                .into_iter()
                 .map(|m| {
-                    let mut next = (*m).clone();
+                    let mut next = m.clone();
                     next.topic = next.topic.replacen("a/", "x/", 1);
-                    Verdict::Modify(next)
+                    (Some(m), Verdict::Modify(next))
                 })
                 .collect();
-            Some(Box::pin(async move { out }))
+            Ok(Box::pin(async move { out }))
         }
     }
 
