@@ -766,4 +766,4 @@ fn encode(px: &Pixels, opts: &ThumbOptions) -> Result<Thumb, MediaError> {
 
 #[cfg(test)]
 #[path = "thumbnail_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -139,17 +139,12 @@ fn thumbnail_looks_like_the_source() {
     let reference = decode(&bytes)
         .resize_exact(160, 120, image::imageops::FilterType::Triangle)
         .into_rgb8();
-    let diff: u64 = ours
-        .as_raw()
-        .iter()
-        .zip(reference.as_raw())
-        .map(|(a, b)| u64::from(a.abs_diff(*b)))
-        .sum();
-    let mean = diff as f64 / ours.as_raw().len() as f64;
+    let mean = mean_abs_diff(ours.as_raw(), reference.as_raw());
     assert!(mean < 8.0, "mean abs diff {mean}");
 }
 
-fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+/// Mean absolute difference per byte of two equally long pixel buffers.
+pub(crate) fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
     assert_eq!(a.len(), b.len());
     let sum: u64 = a
         .iter()

@@ -213,9 +213,7 @@ impl Codec {
         };
         r.map_err(|e| CodecError::Malformed(e.to_string()))
     }
-}
 
-impl Codec {
     /// Appends a PUBLISH; like [`Codec::encode`] without first building a `Packet` from it.
     pub fn encode_publish(
         &self,
@@ -229,9 +227,7 @@ impl Codec {
         };
         r.map_err(|e| CodecError::Malformed(e.to_string()))
     }
-}
 
-impl Codec {
     /// Appends a packet other than PUBLISH for a client whose Maximum Packet Size is `max`.
     /// A Reason String or User Property that would take the packet past it is left out, so
     /// the client still gets the packet and its reason code [MQTT-3.2.2-19] [MQTT-3.2.2-20]

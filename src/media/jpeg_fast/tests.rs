@@ -1,4 +1,5 @@
 use super::*;
+use crate::media::thumbnail::tests::mean_abs_diff;
 
 const MAX: usize = 256 << 20;
 
@@ -20,16 +21,6 @@ fn reference(data: &[u8], n: u32) -> (u32, u32, Vec<u8>) {
         .scale(((w * n).div_ceil(8)) as u16, ((h * n).div_ceil(8)) as u16)
         .unwrap();
     (u32::from(sw), u32::from(sh), d.decode().unwrap())
-}
-
-fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let sum: u64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| u64::from(x.abs_diff(*y)))
-        .sum();
-    sum as f64 / a.len() as f64
 }
 
 fn check_against_reference(data: &[u8], label: &str) {

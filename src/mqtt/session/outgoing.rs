@@ -270,16 +270,7 @@ where
                     pkid,
                     reason: PubRecReason::Success,
                 };
-                let shown = fate.msg.map(|(topic, payload)| Shown {
-                    client_pkid,
-                    topic,
-                    payload,
-                });
-                self.outgoing_order.push_back(Delivery {
-                    pkid,
-                    ack: Some(Packet::PubRec(ack, None)),
-                    shown,
-                });
+                self.queue_delivery(pkid, client_pkid, Some(Packet::PubRec(ack, None)), fate.msg);
                 self.release_stored(pkid);
                 self.release_acks();
                 return;
@@ -299,22 +290,30 @@ where
             buf[start] = (buf[start] & !0b0110) | 0b0010;
             self.downgraded2.insert(pkid);
         }
-        let shown = fate.msg.map(|(topic, payload)| Shown {
-            client_pkid,
-            topic,
-            payload,
-        });
-        self.outgoing_order.push_back(Delivery {
-            pkid,
-            ack: None,
-            shown,
-        });
         if self.client_inflight >= self.client_receive_max {
             let held = buf.split_off(start).freeze();
             self.held.push_back(held);
         } else {
             self.client_inflight += 1;
         }
+        self.queue_delivery(pkid, client_pkid, None, fate.msg);
+    }
+
+    /// Records a delivery the client was sent in the router's ack order, with what a resend
+    /// after a reconnect needs (`msg`, persistent sessions only).
+    fn queue_delivery(
+        &mut self,
+        pkid: u16,
+        client_pkid: u16,
+        ack: Option<Packet>,
+        msg: Option<(Bytes, Bytes)>,
+    ) {
+        let shown = msg.map(|(topic, payload)| Shown {
+            client_pkid,
+            topic,
+            payload,
+        });
+        self.outgoing_order.push_back(Delivery { pkid, ack, shown });
     }
 
     /// The edge finishes the router's QoS 1/2 flow for a delivery the client did not get as
