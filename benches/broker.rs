@@ -254,8 +254,8 @@ max_inflight_count = 100
 dynamic_filters = true
 "#
             );
-            let config: rumqttd::Config = toml::from_str(&toml).expect("stock config");
-            let mut broker = rumqttd::Broker::new(config);
+            let config: rumqttd_stock::Config = toml::from_str(&toml).expect("stock config");
+            let mut broker = rumqttd_stock::Broker::new(config);
             let _ = broker.start();
         }
         other => panic!("unknown broker {other}"),
