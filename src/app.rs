@@ -117,6 +117,7 @@ impl App {
             max_segment_size: cfg.router.max_segment_size.as_usize(),
             max_segment_count: cfg.router.max_segment_count,
             max_outgoing_packet_count: cfg.router.max_outgoing_packet_count,
+            trim_interval: cfg.router.trim_interval,
         });
         let interest = Arc::new(crate::mqtt::interest::Interests::default());
         let internal =

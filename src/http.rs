@@ -26,7 +26,9 @@ pub fn app(broker: Arc<Broker>) -> Router {
 }
 
 async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
-    let mut text = broker.metrics.render(broker.router.queue_depth());
+    let mut text = broker
+        .metrics
+        .render(broker.router.queue_depth(), broker.router.log_stats());
     if let Some(engine) = &broker.blocks {
         text.push_str(&crate::metrics::render_blocks(&engine.metrics()));
     }

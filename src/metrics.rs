@@ -81,8 +81,8 @@ impl Metrics {
         self.drops[reason as usize].load(Relaxed)
     }
 
-    /// Prometheus text exposition. `router_queue` is sampled by the caller.
-    pub fn render(&self, router_queue: usize) -> String {
+    /// Prometheus text exposition. The router's figures are sampled by the caller.
+    pub fn render(&self, router_queue: usize, logs: crate::router::LogStats) -> String {
         let mut out = String::with_capacity(2048);
         let mut gauge = |name: &str, help: &str, kind: &str, v: i64| {
             let _ = writeln!(
@@ -131,6 +131,24 @@ impl Metrics {
             "Events waiting in the router's input channel.",
             "gauge",
             router_queue as i64,
+        );
+        gauge(
+            "moonwire_router_log_messages",
+            "Messages the router's per-filter logs hold for subscribers that have not read them.",
+            "gauge",
+            logs.held as i64,
+        );
+        gauge(
+            "moonwire_router_log_bytes",
+            "Topic and payload bytes of those messages.",
+            "gauge",
+            logs.held_bytes as i64,
+        );
+        gauge(
+            "moonwire_router_log_trimmed_total",
+            "Log messages freed after every reader had passed them.",
+            "counter",
+            logs.trimmed as i64,
         );
         let _ = writeln!(
             out,
@@ -390,9 +408,17 @@ mod tests {
     fn renders_every_drop_reason() {
         let m = Metrics::default();
         m.dropped(DropReason::KeepAlive, 2);
-        let text = m.render(7);
+        let logs = crate::router::LogStats {
+            held: 3,
+            held_bytes: 120,
+            trimmed: 9,
+        };
+        let text = m.render(7, logs);
         assert!(text.contains("moonwire_drops_total{reason=\"keepalive\"} 2"));
         assert!(text.contains("moonwire_router_queue_depth 7"));
+        assert!(text.contains("moonwire_router_log_messages 3"));
+        assert!(text.contains("moonwire_router_log_bytes 120"));
+        assert!(text.contains("moonwire_router_log_trimmed_total 9"));
         assert_eq!(
             text.matches("moonwire_drops_total{").count(),
             DropReason::ALL.len()

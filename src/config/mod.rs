@@ -274,6 +274,9 @@ pub struct RouterConfig {
     pub max_segment_size: ByteSize,
     pub max_segment_count: usize,
     pub max_outgoing_packet_count: u64,
+    /// How often the router frees log data every reader has passed; 0 never frees it.
+    #[serde(with = "humantime_serde")]
+    pub trim_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

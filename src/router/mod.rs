@@ -55,6 +55,19 @@ pub struct RouterSettings {
     pub max_segment_size: usize,
     pub max_segment_count: usize,
     pub max_outgoing_packet_count: u64,
+    /// How often the router frees log data every reader has passed; zero never frees it.
+    pub trim_interval: Duration,
+}
+
+/// What the router's commit logs hold, as of its last trim.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogStats {
+    /// Messages held, counted once per filter they matched.
+    pub held: u64,
+    /// Topic and payload bytes of those messages.
+    pub held_bytes: u64,
+    /// Messages freed since start.
+    pub trimmed: u64,
 }
 
 type Factory =
@@ -66,6 +79,7 @@ pub struct Router {
     factory: Arc<Factory>,
     is_full: Arc<dyn Fn() -> bool + Send + Sync>,
     depth: Arc<dyn Fn() -> usize + Send + Sync>,
+    log_stats: Arc<rumqttd::LogStats>,
 }
 
 /// What the router said when a link connected.
@@ -77,6 +91,7 @@ pub struct Connected {
 impl Router {
     /// Starts the router on its own OS thread.
     pub fn start(settings: &RouterSettings) -> Router {
+        let log_stats = Arc::new(rumqttd::LogStats::default());
         let config = RouterConfig {
             // One spare slot for the broker's internal link.
             max_connections: settings.max_connections + 1,
@@ -86,6 +101,10 @@ impl Router {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
+            // Rounded up, so a sub-millisecond interval still trims rather than never.
+            trim_interval_ms: u64::try_from(settings.trim_interval.as_micros().div_ceil(1000))
+                .unwrap_or(u64::MAX),
+            log_stats: Some(log_stats.clone()),
         };
         let tx = rumqttd::Router::new(0, config).spawn();
         let (full_tx, depth_tx) = (tx.clone(), tx.clone());
@@ -101,6 +120,17 @@ impl Router {
             }),
             is_full: Arc::new(move || full_tx.is_full()),
             depth: Arc::new(move || depth_tx.len()),
+            log_stats,
+        }
+    }
+
+    /// What the commit logs hold, as of the router's last trim.
+    pub fn log_stats(&self) -> LogStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        LogStats {
+            held: self.log_stats.held.load(Relaxed),
+            held_bytes: self.log_stats.held_bytes.load(Relaxed),
+            trimmed: self.log_stats.trimmed.load(Relaxed),
         }
     }
 

@@ -202,6 +202,24 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    /// moonwire: how often (milliseconds) the router frees commit-log data that every reader
+    /// has passed. 0 keeps upstream's behaviour: data stays until retention pushes it out.
+    #[serde(default)]
+    pub trim_interval_ms: u64,
+    /// moonwire: where the router reports what its commit logs hold after each trim.
+    #[serde(skip)]
+    pub log_stats: Option<Arc<LogStats>>,
+}
+
+/// moonwire: what the commit logs hold, as of the router's last trim.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Messages held across all filters' logs (one per filter a message matched).
+    pub held: std::sync::atomic::AtomicU64,
+    /// Topic and payload bytes of those messages, as retention counts them.
+    pub held_bytes: std::sync::atomic::AtomicU64,
+    /// Messages freed by trimming since the router started.
+    pub trimmed: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::{
     scheduler::{PauseReason, Tracker},
-    ConnectionEvents,
+    ConnectionEvents, DataRequest,
 };
 
 pub struct Graveyard {
@@ -49,6 +49,14 @@ impl Graveyard {
     }
 
     /// Save only metrics for connection
+    /// moonwire: the read positions of every saved persistent session.
+    pub fn saved_requests(&self) -> impl Iterator<Item = &DataRequest> {
+        self.connections
+            .values()
+            .filter_map(|saved| saved.session_state.as_ref())
+            .flat_map(|state| state.tracker.data_requests.iter())
+    }
+
     pub fn save_metrics(&mut self, id: String, metrics: ConnectionEvents) {
         self.connections.insert(
             id,

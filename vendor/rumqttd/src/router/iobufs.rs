@@ -32,7 +32,8 @@ impl Incoming {
     #[inline]
     pub(crate) fn new(client_id: String) -> Self {
         Self {
-            buffer: Arc::new(Mutex::new(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY))),
+            // moonwire: grown on demand, like the buffers in `Outgoing::new`.
+            buffer: Arc::new(Mutex::new(VecDeque::new())),
             meter: Default::default(),
             client_id,
         }
@@ -72,13 +73,12 @@ impl Outgoing {
     #[inline]
     pub(crate) fn new(client_id: String) -> (Self, Receiver<()>) {
         let (handle, rx) = flume::bounded(MAX_CHANNEL_CAPACITY);
-        let data_buffer = VecDeque::with_capacity(MAX_CHANNEL_CAPACITY);
-        let inflight_buffer = VecDeque::with_capacity(MAX_INFLIGHT);
-        let unacked_pubrels = VecDeque::with_capacity(MAX_INFLIGHT);
-
-        // Ensure that there won't be any new allocations
-        assert!(MAX_INFLIGHT <= inflight_buffer.capacity());
-        assert!(MAX_CHANNEL_CAPACITY <= data_buffer.capacity());
+        // moonwire: grown on demand (to at most these limits) instead of preallocated. Ring
+        // buffers are touched slot by slot as traffic cycles through them, so preallocated
+        // ones make every connection's RSS creep up to their full size (~130 KiB) over time.
+        let data_buffer = VecDeque::new();
+        let inflight_buffer = VecDeque::new();
+        let unacked_pubrels = VecDeque::new();
 
         let outgoing = Self {
             client_id,
@@ -196,6 +196,14 @@ impl Outgoing {
         }
 
         Some(())
+    }
+
+    /// moonwire: the log positions of unacknowledged deliveries, which a disconnect rewinds
+    /// the connection's cursors to; trimming must keep them.
+    pub fn inflight_cursors(&self) -> impl Iterator<Item = (FilterIdx, Cursor)> + '_ {
+        self.inflight_buffer
+            .iter()
+            .filter_map(|(_, filter_idx, cursor)| cursor.map(|c| (*filter_idx, c)))
     }
 
     // Here we are assuming that the first unique filter_idx we find while iterating will have the

@@ -17,6 +17,9 @@ use std::time::Instant;
 
 type PubWithProp = (Publish, Option<PublishProperties>);
 
+/// moonwire: topics whose matching filters are cached (`DataLog::matches`).
+const MAX_CACHED_TOPICS: usize = 65_536;
+
 #[derive(Clone)]
 pub struct PublishData {
     pub publish: Publish,
@@ -136,6 +139,11 @@ impl DataLog {
                     .collect();
 
                 if !v.is_empty() {
+                    // moonwire: a cache, so bounded: upstream kept every topic ever published
+                    // to a subscribed filter, unbounded with per-message topics.
+                    if self.publish_filters.len() >= MAX_CACHED_TOPICS {
+                        self.publish_filters.clear();
+                    }
                     self.publish_filters.insert(topic.to_owned(), v.clone());
                 }
 
@@ -223,6 +231,23 @@ impl DataLog {
             .collect();
 
         Ok((next, o))
+    }
+
+    /// moonwire: frees, in every filter's log, what lies before the lowest cursor `low` gives
+    /// for it (a log nobody reads is emptied). Returns (entries dropped, entries held, bytes
+    /// held).
+    pub fn trim(&mut self, low: &HashMap<FilterIdx, Offset>) -> (u64, u64, u64) {
+        let (mut dropped, mut held, mut bytes) = (0, 0, 0);
+        for (idx, data) in self.native.iter_mut() {
+            let cursor = low
+                .get(&idx)
+                .copied()
+                .unwrap_or_else(|| data.log.next_offset());
+            dropped += data.log.trim(cursor);
+            held += data.log.held();
+            bytes += data.log.size();
+        }
+        (dropped, held, bytes)
     }
 
     pub fn shadow(&mut self, filter: &str) -> Option<PubWithProp> {
@@ -337,7 +362,8 @@ where
         // max_segment_size: usize, max_mem_segments: usize
         let log = CommitLog::new(max_segment_size, max_mem_segments).unwrap();
 
-        let waiters = Waiters::with_capacity(10);
+        // moonwire: grown on demand, like the buffers in `Outgoing::new`.
+        let waiters = Waiters::with_capacity(0);
         let metrics = SubscriptionMeter::default();
         Data {
             filter: filter.to_owned(),
@@ -380,8 +406,9 @@ impl AckLog {
     /// New log
     pub fn new() -> AckLog {
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            // moonwire: grown on demand, like the buffers in `Outgoing::new`.
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 
@@ -448,6 +475,8 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            trim_interval_ms: 0,
+            log_stats: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("topic/a");
@@ -468,6 +497,8 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            trim_interval_ms: 0,
+            log_stats: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");

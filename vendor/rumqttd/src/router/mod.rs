@@ -350,12 +350,10 @@ pub struct IncomingMeter {
 
 impl IncomingMeter {
     pub fn register_publish(&mut self, publish: &Publish) -> Result<(), std::str::Utf8Error> {
-        let meter = {
-            let topic = std::str::from_utf8(&publish.topic)?.to_string();
-            self.publishes.entry(topic).or_default()
-        };
-        meter.count += 1;
-        meter.size += publish.len();
+        // moonwire: totals only. Upstream also counted per topic, in a map that kept every
+        // topic the connection ever published to (unbounded with per-message topics) and
+        // allocated a String per publish; nothing reads it in moonwire.
+        std::str::from_utf8(&publish.topic)?;
 
         self.total_publishes.count += 1;
         self.total_publishes.size += publish.len();

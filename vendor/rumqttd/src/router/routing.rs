@@ -9,12 +9,13 @@ use crate::router::scheduler::{PauseReason, Tracker};
 use crate::router::{ConnectionEvents, Forward};
 use crate::segments::Position;
 use crate::*;
-use flume::{bounded, Receiver, RecvError, Sender, TryRecvError};
+use flume::{bounded, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError};
 use slab::Slab;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::Utf8Error;
+use std::sync::atomic::Ordering;
 use std::thread;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 
@@ -102,6 +103,11 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// moonwire: how often commit logs are trimmed (`None`: never, as upstream).
+    trim_interval: Option<Duration>,
+    last_trim: Instant,
+    /// Something happened since the last trim: a cursor moved or data arrived.
+    trim_pending: bool,
 }
 
 impl Router {
@@ -121,6 +127,8 @@ impl Router {
         };
 
         let max_connections = config.max_connections;
+        let trim_interval =
+            (config.trim_interval_ms > 0).then(|| Duration::from_millis(config.trim_interval_ms));
         Router {
             id: router_id,
             config: config.clone(),
@@ -143,6 +151,9 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            trim_interval,
+            last_trim: Instant::now(),
+            trim_pending: false,
         }
     }
 
@@ -196,8 +207,24 @@ impl Router {
         // Block on incoming events if there are no ready connections for consumption
         if self.consume().is_none() {
             // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
-            let (id, data) = self.router_rx.recv()?;
-            self.events(id, data);
+            // moonwire: with a trim owed, wait no longer than the trim interval, so that the
+            // last burst before a quiet spell is freed too.
+            let event = match self.trim_interval {
+                Some(interval) if self.trim_pending => {
+                    let wait = interval.saturating_sub(self.last_trim.elapsed());
+                    match self.router_rx.recv_timeout(wait) {
+                        Ok(event) => Some(event),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            return Err(RouterError::Disconnected)
+                        }
+                    }
+                }
+                _ => Some(self.router_rx.recv()?),
+            };
+            if let Some((id, data)) = event {
+                self.events(id, data);
+            }
         }
 
         // Try reading more from connections in a non-blocking
@@ -227,6 +254,12 @@ impl Router {
             self.consume();
         }
 
+        if let Some(interval) = self.trim_interval {
+            if self.trim_pending && self.last_trim.elapsed() >= interval {
+                self.trim_logs();
+            }
+        }
+
         // self.send_all_alerts();
         Ok(())
     }
@@ -234,6 +267,8 @@ impl Router {
     fn events(&mut self, id: ConnectionId, data: Event) {
         let span = tracing::error_span!("[>] incoming", connection_id = id);
         let _guard = span.enter();
+        // Data, acks and disconnects all move what the logs must keep.
+        self.trim_pending = true;
 
         match data {
             Event::Connect {
@@ -1167,6 +1202,56 @@ impl Router {
                     error!(meter_id, "Failed to send meter. Error = {:?}", e);
                 }
             }
+        }
+    }
+
+    /// moonwire: frees what every reader of each filter has passed. The lowest cursor of a
+    /// filter comes from every place a read position lives between `consume` calls: live
+    /// trackers, parked waiters, pending notifications, saved persistent sessions, shared
+    /// groups, and unacknowledged deliveries (a disconnect rewinds to those).
+    fn trim_logs(&mut self) {
+        self.last_trim = Instant::now();
+        self.trim_pending = false;
+
+        let mut low: HashMap<FilterIdx, Offset> = HashMap::new();
+        let groups = &self.shared_subscriptions;
+        let mut keep = |filter_idx: FilterIdx, cursor: Offset| {
+            low.entry(filter_idx)
+                .and_modify(|c| *c = (*c).min(cursor))
+                .or_insert(cursor);
+        };
+        let mut keep_request = |r: &DataRequest| {
+            // A shared-group member reads from its group's cursor, not its own.
+            let cursor = r
+                .group
+                .as_ref()
+                .and_then(|name| groups.get(name))
+                .map_or(r.cursor, |group| group.cursor);
+            keep(r.filter_idx, cursor);
+        };
+
+        for (_, tracker) in self.scheduler.trackers.iter() {
+            tracker.data_requests.iter().for_each(&mut keep_request);
+        }
+        for (_, data) in self.datalog.native.iter() {
+            data.waiters
+                .waiters()
+                .iter()
+                .for_each(|(_, r)| keep_request(r));
+        }
+        self.notifications.iter().for_each(|(_, r)| keep_request(r));
+        self.graveyard.saved_requests().for_each(&mut keep_request);
+        for (_, outgoing) in self.obufs.iter() {
+            for (filter_idx, cursor) in outgoing.inflight_cursors() {
+                keep(filter_idx, cursor);
+            }
+        }
+
+        let (dropped, held, bytes) = self.datalog.trim(&low);
+        if let Some(stats) = &self.config.log_stats {
+            stats.trimmed.fetch_add(dropped, Ordering::Relaxed);
+            stats.held.store(held, Ordering::Relaxed);
+            stats.held_bytes.store(bytes, Ordering::Relaxed);
         }
     }
 

@@ -162,6 +162,31 @@ where
         }
     }
 
+    /// Frees what lies before `cursor`, the lowest read position of every reader of this log
+    /// (moonwire: without this, data stays until retention pushes it out, whether it was read
+    /// or not). Whole segments go only when the cursor is in a later segment, so no reader's
+    /// cursor ever points below `head` and reads never jump. Returns the entries dropped.
+    pub fn trim(&mut self, cursor: (u64, u64)) -> u64 {
+        let mut dropped = 0;
+        while self.head < cursor.0 && self.head < self.tail {
+            if let Some(segment) = self.segments.pop_front() {
+                dropped += segment.len();
+            }
+            self.head += 1;
+        }
+        if cursor.0 == self.head {
+            if let Some(segment) = self.segments.front_mut() {
+                dropped += segment.trim_before(cursor.1);
+            }
+        }
+        dropped
+    }
+
+    /// Entries held in memory, across all segments.
+    pub fn held(&self) -> u64 {
+        self.segments.iter().map(|s| s.len()).sum()
+    }
+
     #[inline]
     pub fn last(&self) -> Option<T> {
         self.active_segment().last()
@@ -306,6 +331,57 @@ mod tests {
                 end: (100, 1)
             }
         );
+    }
+
+    #[test]
+    fn trim_frees_what_every_reader_passed_and_reads_resume_without_jumps() {
+        let packet_size = 1024;
+        // 10 packets per segment, up to 3 segments in memory.
+        let mut log: CommitLog<Bytes> = CommitLog::new(10 * 1024, 3).unwrap();
+        let mut offsets = Vec::new();
+        for i in 0..25u8 {
+            offsets.push(log.append(random_payload(i, packet_size)));
+        }
+        assert_eq!((log.head, log.tail), (0, 2));
+        assert_eq!(log.held(), 25);
+
+        // A reader that has read 14 packets sits in segment 1; segment 0 goes whole and
+        // segment 1 loses its first 4 entries.
+        let mut out = Vec::new();
+        let next = match log.readv((0, 0), 14, &mut out).unwrap() {
+            Next { end, .. } | Done { end, .. } => end,
+        };
+        assert_eq!(next, (1, 14));
+        assert_eq!(log.trim(next), 14);
+        assert_eq!(log.head, 1);
+        assert_eq!(log.held(), 11);
+
+        // Reading on from the same cursor returns the rest, in order, with no jump.
+        out.clear();
+        match log.readv(next, 100, &mut out).unwrap() {
+            Done { start, .. } => assert_eq!(start, next),
+            other => panic!("expected Done, got {other:?}"),
+        }
+        let ids: Vec<u8> = out.iter().map(|(b, _)| b[0]).collect();
+        assert_eq!(ids, (14..25).collect::<Vec<u8>>());
+
+        // A cursor at the end of a segment (before the reader moved to the next one) keeps
+        // that segment's index alive but empties it.
+        let mut log: CommitLog<Bytes> = CommitLog::new(10 * 1024, 3).unwrap();
+        for i in 0..11u8 {
+            log.append(random_payload(i, packet_size));
+        }
+        assert_eq!(log.trim((0, 10)), 10);
+        assert_eq!(log.head, 0);
+        out.clear();
+        log.readv((0, 10), 100, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, (1, 10));
+
+        // Trimming to the end frees everything and appends carry on at the same offsets.
+        assert_eq!(log.trim(log.next_offset()), 1);
+        assert_eq!(log.held(), 0);
+        assert_eq!(log.append(random_payload(11, packet_size)), (1, 12));
     }
 
     #[test]

@@ -1,14 +1,22 @@
 use crate::{Cursor, Offset};
 
 use super::Storage;
+use std::collections::VecDeque;
 use std::io;
 
+/// A trimmed segment gives back its buffer when it is this much larger than what it holds
+/// (and above `SHRINK_MIN`): often enough to return a burst's memory, rarely enough that a
+/// steady stream does not reallocate.
+const SHRINK_FACTOR: usize = 4;
+const SHRINK_MIN: usize = 64;
+
 pub(crate) struct Segment<T> {
-    /// Holds the actual segment.
-    pub(crate) data: Vec<T>,
+    /// Holds the actual segment. A deque so that entries every reader has passed can be
+    /// dropped from the front (`trim_before`).
+    pub(crate) data: VecDeque<T>,
     total_size: u64,
-    /// The absolute offset at which the `inner` starts at. All reads will return the absolute
-    /// offset as the offset of the cursor.
+    /// The absolute offset of the first entry held. All reads will return the absolute
+    /// offset as the offset of the cursor. Trimming moves it forward.
     ///
     /// **NOTE**: this offset is re-generated on each run of the commit log.
     pub(crate) absolute_offset: u64,
@@ -29,14 +37,16 @@ where
 {
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // moonwire: grown on demand; preallocated, 1,024 entries cost ~240 KiB per filter.
+            data: VecDeque::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // moonwire: grown on demand; preallocated, 1,024 entries cost ~240 KiB per filter.
+            data: VecDeque::new(),
             absolute_offset: 0,
             total_size: 0,
         }
@@ -51,7 +61,22 @@ where
     #[inline]
     pub(crate) fn push(&mut self, inner_type: T) {
         self.total_size += inner_type.size() as u64;
-        self.data.push(inner_type);
+        self.data.push_back(inner_type);
+    }
+
+    /// Drops the entries before absolute offset `offset`: no reader will ask for them again.
+    /// `next_offset` is unchanged. Returns the number of entries dropped.
+    pub(crate) fn trim_before(&mut self, offset: u64) -> u64 {
+        let count = offset.saturating_sub(self.absolute_offset).min(self.len());
+        for item in self.data.drain(..count as usize) {
+            self.total_size = self.total_size.saturating_sub(item.size() as u64);
+        }
+        self.absolute_offset += count;
+        let capacity = self.data.capacity();
+        if capacity > SHRINK_MIN && capacity > SHRINK_FACTOR * self.data.len() {
+            self.data.shrink_to((2 * self.data.len()).max(SHRINK_MIN));
+        }
+        count
     }
 
     #[inline]
@@ -81,8 +106,9 @@ where
                 limit = self.len();
             }
             let offsets = std::iter::repeat(cursor.0).zip(cursor.1..cursor.1 + limit);
-            let o = self.data[idx as usize..limit as usize]
-                .iter()
+            let o = self
+                .data
+                .range(idx as usize..limit as usize)
                 .cloned()
                 .zip(offsets);
             out.extend(o);
@@ -110,7 +136,7 @@ where
 
     #[inline]
     pub fn last(&self) -> Option<T> {
-        self.data.last().cloned()
+        self.data.back().cloned()
     }
 }
 
@@ -151,6 +177,40 @@ mod tests {
                 (Bytes::from_static(b"test2"), (0, 1))
             ]
         );
+    }
+
+    #[test]
+    fn trimmed_segment_keeps_offsets_and_reads_what_is_left() {
+        let mut segment: Segment<Vec<u8>> = Segment::with_offset(10);
+        for i in 0..5u8 {
+            segment.push(vec![i; 3]);
+        }
+        assert_eq!(segment.size(), 15);
+
+        assert_eq!(segment.trim_before(12), 2);
+        assert_eq!(segment.len(), 3);
+        assert_eq!(segment.size(), 9);
+        assert_eq!(segment.next_offset(), 15);
+
+        let mut out = Vec::new();
+        let _ = segment.readv((0, 12), 10, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                (vec![2; 3], (0, 12)),
+                (vec![3; 3], (0, 13)),
+                (vec![4; 3], (0, 14))
+            ]
+        );
+
+        // Trimming at or below the start drops nothing; past the end drops everything.
+        assert_eq!(segment.trim_before(5), 0);
+        assert_eq!(segment.trim_before(100), 3);
+        assert_eq!(segment.len(), 0);
+        assert_eq!(segment.size(), 0);
+        assert_eq!(segment.next_offset(), 15);
+        segment.push(vec![9]);
+        assert_eq!(segment.next_offset(), 16);
     }
 
     #[test]
