@@ -498,11 +498,23 @@ async fn qos2_exactly_once_across_restart_between_pubrec_and_pubrel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_burst_loses_nothing_acked() {
+    kill9_during_burst(Broker::new("batch")).await;
+}
+
+/// With batch mode's durable commit an hour away, everything acknowledged since the start,
+/// the subscriber's session included, exists only in the write-ahead log when the broker dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_before_any_durable_commit_replays_the_write_ahead_log() {
+    let mut b = Broker::new("batch");
+    b.fsync_interval = "1h";
+    kill9_during_burst(b).await;
+}
+
+async fn kill9_during_burst(mut b: Broker) {
     const TOTAL: u32 = 10_000;
     const WINDOW: u32 = 500;
     const KILL_AT: usize = 3000;
 
-    let mut b = Broker::new("batch");
     b.start().await;
     offline_subscriber(&b, "burst-sub", "durable/burst", 1).await;
 
@@ -780,6 +792,29 @@ async fn foreign_and_corrupt_store_files_are_refused() {
         .unwrap()
         .map(|v| v.value().to_string());
     assert_eq!(v.as_deref(), Some("value"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_write_ahead_log_is_refused() {
+    let mut b = Broker::new("batch");
+    b.start().await;
+    b.stop_gracefully().await;
+    let wal = b.data_dir().join("moonwire.wal");
+    assert!(wal.exists(), "batch mode keeps its log next to the store");
+    let junk = b"these bytes are not a moonwire write-ahead log".to_vec();
+    std::fs::write(&wal, &junk).unwrap();
+    let st = b.start_expecting_failure().await;
+    let log = b.log();
+    assert!(!st.success(), "broker exited with {st}; log:\n{log}");
+    assert!(
+        log.contains("moonwire.wal") && log.contains("not a moonwire write-ahead log"),
+        "the error does not name the log; log:\n{log}"
+    );
+    assert_eq!(
+        std::fs::read(&wal).unwrap(),
+        junk,
+        "the refused log was modified"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

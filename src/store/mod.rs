@@ -14,6 +14,7 @@
 //! the store's queue is what gets delivered.
 
 pub mod record;
+mod wal;
 mod writer;
 
 pub use record::{PendingWill, SessionRecord, StoredFilter, StoredMessage};
@@ -51,6 +52,62 @@ use tables::*;
 const FORMAT: &str = "moonwire-store";
 const VERSION: &str = "1";
 const FILE_NAME: &str = "moonwire.redb";
+/// The write-ahead log of `fsync = "batch"`, next to the database.
+const WAL_FILE_NAME: &str = "moonwire.wal";
+
+/// Applies what the write-ahead log holds (commits acknowledged since the last durable one),
+/// makes it durable, and returns the emptied log.
+fn replay_wal(db: &Database, path: &Path) -> Result<wal::Wal, StoreError> {
+    let (mut log, recovered) = wal::Wal::open(path).map_err(|e| match e {
+        wal::WalError::Foreign { path } => StoreError::Foreign {
+            path,
+            found: "not a moonwire write-ahead log".into(),
+        },
+        wal::WalError::Corrupt {
+            path,
+            entry,
+            reason,
+        } => StoreError::Corrupt {
+            path,
+            what: "write-ahead log",
+            reason: format!("entry {entry}: {reason}"),
+        },
+        wal::WalError::Io { path, source } => StoreError::Open {
+            path,
+            reason: source.to_string(),
+        },
+    })?;
+    let groups = recovered.groups.len();
+    if groups > 0 {
+        let started = std::time::Instant::now();
+        let replay_err =
+            |e: Box<redb::Error>| StoreError::Write(format!("replaying {}: {e}", path.display()));
+        // One redb commit per logged group: the grouping decides queue record keys, so the
+        // replay writes exactly what the crashed process had committed.
+        for ops in recovered.groups {
+            let job = Job { ops, done: None };
+            writer::commit(db, std::slice::from_ref(&job), redb::Durability::None)
+                .map_err(replay_err)?;
+        }
+        writer::commit(db, &[], redb::Durability::Immediate).map_err(replay_err)?;
+        tracing::info!(
+            groups,
+            torn_bytes = recovered.torn_bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "replayed the write-ahead log"
+        );
+    } else if recovered.torn_bytes > 0 {
+        tracing::info!(
+            torn_bytes = recovered.torn_bytes,
+            "write-ahead log ended in a torn write"
+        );
+    }
+    log.reset().map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(log)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -289,6 +346,7 @@ impl Store {
         };
         let db = Arc::new(db);
         check_format(&db, &path, existed)?;
+        let wal = replay_wal(&db, &dir.join(WAL_FILE_NAME))?;
         let (restored, sessions, next_seq) = load(&db, &path)?;
         let retained = restored.retained.len() as u64;
 
@@ -301,9 +359,10 @@ impl Store {
         let writer = {
             let (db, stats) = (db.clone(), stats.clone());
             let (fsync, interval) = (settings.fsync, settings.fsync_interval);
+            let wal = (fsync == Fsync::Batch).then_some(wal);
             std::thread::Builder::new()
                 .name("moonwire-store".into())
-                .spawn(move || writer::run(db, rx, fsync, interval, stats))
+                .spawn(move || writer::run(db, rx, fsync, interval, stats, wal))
                 .map_err(StoreError::Spawn)?
         };
         let mut index = OfflineIndex::default();

@@ -4,6 +4,7 @@
 
 use super::record::{batch_push, batch_start, client_range, queue_key};
 use super::tables::{ACKED, QOS2, QUEUE, RETAINED, SESSIONS};
+use super::wal::Wal;
 use redb::{Database, Durability};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +50,13 @@ pub struct Job {
     pub done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+/// Write-ahead log size that forces a durable commit before `fsync_interval` is up.
+const WAL_LIMIT: u64 = 64 << 20;
+/// Logged commits that force a durable one. redb frees the pages a commit replaced only at a
+/// durable commit, so the file grows by every page the logged commits in between touched:
+/// bounding their number bounds that growth (and the replay after a crash).
+const MAX_LOGGED_COMMITS: u32 = 100;
+
 /// Jobs applied in one transaction at most; bounds the latency of the first waiter.
 const MAX_GROUP: usize = 2048;
 
@@ -58,15 +66,19 @@ pub struct WriterStats {
     pub errors: std::sync::atomic::AtomicU64,
 }
 
+/// Runs the writer. With `wal` (batch mode), commits between the interval's durable ones are
+/// redb `None` commits backed by the write-ahead log (see `wal.rs`).
 pub fn run(
     db: Arc<Database>,
     rx: Receiver<Job>,
     fsync: Fsync,
     interval: Duration,
     stats: Arc<WriterStats>,
+    mut wal: Option<Wal>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut last_sync = Instant::now();
+    let mut logged_commits = 0u32;
     let mut dirty = false;
     let mut jobs: Vec<Job> = Vec::new();
     loop {
@@ -79,8 +91,8 @@ pub fn run(
             Ok(job) => jobs.push(job),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                if dirty {
-                    let _ = commit(&db, &[], Durability::Immediate);
+                if dirty && commit(&db, &[], Durability::Immediate).is_ok() {
+                    reset(&mut wal);
                 }
                 return;
             }
@@ -91,16 +103,36 @@ pub fn run(
                 Err(_) => break,
             }
         }
-        let sync_due = fsync == Fsync::Batch && dirty && last_sync.elapsed() >= interval;
+        // A long interval must not let the log (and what a restart replays) grow without end.
+        let log_full = wal.as_ref().is_some_and(|w| w.appended() >= WAL_LIMIT)
+            || logged_commits >= MAX_LOGGED_COMMITS;
+        let sync_due =
+            fsync == Fsync::Batch && dirty && (last_sync.elapsed() >= interval || log_full);
         if jobs.is_empty() && !sync_due {
             continue;
         }
         let durability = match fsync {
             Fsync::Always => Durability::Immediate,
             Fsync::Batch if sync_due || last_sync.elapsed() >= interval => Durability::Immediate,
+            Fsync::Batch if wal.is_some() => Durability::None,
             _ => Durability::Eventual,
         };
-        let result = commit(&db, &jobs, durability).map_err(|e| e.to_string());
+        let mut result = commit(&db, &jobs, durability).map_err(|e| e.to_string());
+        if result.is_ok() {
+            if matches!(durability, Durability::None) {
+                // Acknowledged only once the log holds it: a crash loses the None commit.
+                if let Some(w) = wal.as_mut() {
+                    let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
+                    if !ops.is_empty() {
+                        result = w.append(&ops).map_err(|e| e.to_string());
+                    }
+                }
+                logged_commits += 1;
+            } else if matches!(durability, Durability::Immediate) {
+                reset(&mut wal);
+                logged_commits = 0;
+            }
+        }
         stats.commits.fetch_add(1, Relaxed);
         if let Err(e) = &result {
             stats.errors.fetch_add(1, Relaxed);
@@ -121,7 +153,21 @@ pub fn run(
     }
 }
 
-fn commit(db: &Database, jobs: &[Job], durability: Durability) -> Result<(), Box<redb::Error>> {
+/// Empties the log after a durable commit. A failure only leaves groups that redb already holds
+/// (replaying them changes nothing), so it is logged, not fatal.
+fn reset(wal: &mut Option<Wal>) {
+    if let Some(w) = wal.as_mut()
+        && let Err(e) = w.reset()
+    {
+        tracing::warn!(error = %e, path = %w.path().display(), "cannot empty the write-ahead log");
+    }
+}
+
+pub(super) fn commit(
+    db: &Database,
+    jobs: &[Job],
+    durability: Durability,
+) -> Result<(), Box<redb::Error>> {
     apply(db, jobs, durability).map_err(Box::new)
 }
 

@@ -45,6 +45,8 @@ pub struct Broker {
     pub starts: u32,
     /// `storage.fsync`.
     pub fsync: &'static str,
+    /// `storage.fsync_interval`.
+    pub fsync_interval: &'static str,
     /// `[[blocks]]` tables; empty: `blocks = []` (no example blocks).
     pub blocks: String,
     /// `mqtt.max_connections` and `limits.max_connections` (and no per-address limit) when set.
@@ -69,6 +71,7 @@ impl Broker {
             http: 0,
             starts: 0,
             fsync,
+            fsync_interval: "1s",
             blocks: String::new(),
             max_connections: None,
             grace: "3s",
@@ -145,6 +148,7 @@ scripts_dir = "{root}/scripts"
 data_dir = "{root}/data"
 persistence = true
 fsync = "{fsync}"
+fsync_interval = "{fsync_interval}"
 
 [shutdown]
 grace = "{grace}"
@@ -152,6 +156,7 @@ grace = "{grace}"
 {blocks}
 "#,
             fsync = self.fsync,
+            fsync_interval = self.fsync_interval,
             grace = self.grace,
             blocks = self.blocks,
         );
