@@ -765,26 +765,6 @@ fn main() {
             });
         }
     }
-    if want("idle") {
-        // What the router preallocates for every link, from rumqttd 0.20's source: the incoming
-        // packet buffer (200 packets), the outgoing notification buffer (200), the link's
-        // receive cache (100) and the in-flight/pubrel trackers (100 each).
-        let packet = std::mem::size_of::<rumqttd::protocol::Packet>();
-        let notification = std::mem::size_of::<rumqttd::Notification>();
-        let router = 200 * packet + 300 * notification + 100 * 24 + 100 * 2;
-        eprintln!(
-            "router preallocation per link: {:.1} KiB (Packet {packet} B × 200, Notification {notification} B × 300, trackers)",
-            router as f64 / 1024.0
-        );
-        rows.push(Row {
-            scenario: "router preallocation per link (computed)".into(),
-            broker: Kind::Moonwire,
-            base: Kind::Moonwire,
-            value: router as f64 / 1024.0,
-            unit: "KiB",
-            note: "allocated, not necessarily resident".into(),
-        });
-    }
     if want("rss") {
         let n = 1_000_000 / scale as u64;
         for &k in &kinds {

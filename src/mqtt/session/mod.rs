@@ -82,6 +82,9 @@ type RetainedOwed = (Vec<(String, u8)>, Option<usize>);
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// Read buffer size; grows only for larger packets and shrinks back when idle.
 const READ_CHUNK: usize = 4096;
+/// Read size until a read fills its space: a device that only sends a small packet now and
+/// then (most of them, once connected) holds this much instead of `READ_CHUNK`.
+const READ_SMALL: usize = 512;
 /// Router notifications written per flush.
 const WRITE_BATCH: usize = 512;
 /// Topic aliases a v5 client may set towards us (announced in CONNACK).
@@ -101,6 +104,7 @@ where
         writer,
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
+        busy: false,
     };
     let connect = tokio::select! {
         r = tokio::time::timeout(broker.limits.connect_timeout, read_connect(&mut io, &broker.limits)) => match r {
@@ -150,16 +154,25 @@ struct Io<R, W> {
     writer: W,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Some read filled all the space it had: this connection sends more than small packets.
+    busy: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
     async fn fill(&mut self) -> Result<usize, SessionError> {
-        if self.rbuf.capacity() - self.rbuf.len() < 512 {
-            self.rbuf.reserve(READ_CHUNK);
+        if self.rbuf.capacity() - self.rbuf.len() < READ_SMALL {
+            self.rbuf
+                .reserve(if self.busy { READ_CHUNK } else { READ_SMALL });
         }
+        let space = self.rbuf.capacity() - self.rbuf.len();
         match self.reader.read_buf(&mut self.rbuf).await? {
             0 => Err(SessionError::Closed),
-            n => Ok(n),
+            n => {
+                // Sticky: a stream switches to full-size reads at its first full read and
+                // stays there.
+                self.busy |= n >= space;
+                Ok(n)
+            }
         }
     }
 
