@@ -531,3 +531,39 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn reads_stay_small_until_a_read_fills_its_space() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let (reader, writer) = tokio::io::split(server);
+        let mut io = Io {
+            reader,
+            writer,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            busy: false,
+        };
+
+        // A device's small packets: the buffer stays at the small size.
+        for _ in 0..3 {
+            client.write_all(&[0xC0, 0x00]).await.unwrap();
+            assert_eq!(io.fill().await.unwrap(), 2);
+            let _ = io.rbuf.split();
+        }
+        assert!(!io.busy);
+        assert!(io.rbuf.capacity() <= READ_SMALL, "{}", io.rbuf.capacity());
+
+        // A burst fills the small read; from then on reads are full size.
+        client.write_all(&[0u8; 3 * READ_CHUNK]).await.unwrap();
+        assert_eq!(io.fill().await.unwrap(), io.rbuf.len());
+        assert!(io.busy);
+        let _ = io.rbuf.split();
+        let n = io.fill().await.unwrap();
+        assert!(n > READ_SMALL, "read {n} bytes after the switch");
+    }
+}
