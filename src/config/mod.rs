@@ -403,6 +403,12 @@ impl Config {
         if self.router.max_segment_count == 0 {
             return bad("router.max_segment_count", "must be at least 1");
         }
+        if self.router.trim_interval > Duration::from_secs(3600) {
+            return bad(
+                "router.trim_interval",
+                "must be at most 1h (\"0s\" turns trimming off)",
+            );
+        }
         if self.mqtt.connect_timeout.is_zero() {
             return bad("mqtt.connect_timeout", "must be greater than zero");
         }
@@ -522,6 +528,13 @@ mod tests {
         let err =
             Config::load_with_env(None, env(&[("MOONWIRE__TLS__CERT", "a.pem")])).unwrap_err();
         assert!(err.to_string().contains("tls.cert"), "{err}");
+        // The router thread waits up to this long at a time; a century would overflow.
+        let err = Config::load_with_env(
+            None,
+            env(&[("MOONWIRE__ROUTER__TRIM_INTERVAL", "100years")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("router.trim_interval"), "{err}");
     }
 
     #[test]

@@ -127,8 +127,10 @@ impl Router {
         };
 
         let max_connections = config.max_connections;
-        let trim_interval =
-            (config.trim_interval_ms > 0).then(|| Duration::from_millis(config.trim_interval_ms));
+        // Capped at an hour: the router waits up to this long, and `Instant + Duration` panics
+        // on overflow.
+        let trim_interval = (config.trim_interval_ms > 0)
+            .then(|| Duration::from_millis(config.trim_interval_ms.min(3_600_000)));
         Router {
             id: router_id,
             config: config.clone(),
