@@ -99,13 +99,7 @@ where
 {
     let peer = meta.peer;
     let (reader, writer) = tokio::io::split(stream);
-    let mut io = Io {
-        reader,
-        writer,
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        busy: false,
-    };
+    let mut io = Io::new(reader, writer);
     let connect = tokio::select! {
         r = tokio::time::timeout(broker.limits.connect_timeout, read_connect(&mut io, &broker.limits)) => match r {
             Ok(r) => r,
@@ -159,6 +153,16 @@ struct Io<R, W> {
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
+    fn new(reader: R, writer: W) -> Self {
+        Io {
+            reader,
+            writer,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            busy: false,
+        }
+    }
+
     async fn fill(&mut self) -> Result<usize, SessionError> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_SMALL {
             self.rbuf
@@ -541,13 +545,7 @@ mod tests {
     async fn reads_stay_small_until_a_read_fills_its_space() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let (reader, writer) = tokio::io::split(server);
-        let mut io = Io {
-            reader,
-            writer,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            busy: false,
-        };
+        let mut io = Io::new(reader, writer);
 
         // A device's small packets: the buffer stays at the small size.
         for _ in 0..3 {
