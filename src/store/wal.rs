@@ -47,8 +47,9 @@ pub struct Wal {
     file: File,
     path: PathBuf,
     has_magic: bool,
-    /// Bytes appended since the last reset.
+    /// Bytes and groups appended since the last reset.
     appended: u64,
+    entries: u32,
 }
 
 /// What `Wal::open` found.
@@ -102,27 +103,39 @@ impl Wal {
                 path: path.to_path_buf(),
                 has_magic,
                 appended: 0,
+                entries: 0,
             },
             recovered,
         ))
     }
 
-    /// Appends one commit group with a single `write`.
-    pub fn append(&mut self, ops: &[&Op]) -> Result<(), WalError> {
-        let mut payload = Vec::with_capacity(64 * ops.len());
+    /// Appends one commit group with a single `write`; a group with no operations writes
+    /// nothing.
+    pub fn append<'a>(&mut self, ops: impl IntoIterator<Item = &'a Op>) -> Result<(), WalError> {
+        // The header's length and checksum are filled in once the payload is encoded behind it.
+        let mut entry = vec![0u8; 8];
         for op in ops {
-            encode(op, &mut payload);
+            encode(op, &mut entry);
         }
-        let mut entry = Vec::with_capacity(8 + payload.len());
-        entry.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        entry.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        entry.extend_from_slice(&payload);
+        if entry.len() == 8 {
+            return Ok(());
+        }
+        let payload_len = (entry.len() - 8) as u32;
+        let crc = crc32fast::hash(&entry[8..]);
+        entry[..4].copy_from_slice(&payload_len.to_le_bytes());
+        entry[4..8].copy_from_slice(&crc.to_le_bytes());
         self.file.write_all(&entry).map_err(|source| WalError::Io {
             path: self.path.clone(),
             source,
         })?;
         self.appended += entry.len() as u64;
+        self.entries += 1;
         Ok(())
+    }
+
+    /// Groups appended since the last reset.
+    pub fn entries(&self) -> u32 {
+        self.entries
     }
 
     /// Bytes appended since the last reset.
@@ -144,6 +157,7 @@ impl Wal {
         }
         self.file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
         self.appended = 0;
+        self.entries = 0;
         Ok(())
     }
 
@@ -348,9 +362,9 @@ mod tests {
         assert!(rec.groups.is_empty());
         wal.reset().unwrap();
         let ops = all_ops();
-        let refs: Vec<&Op> = ops.iter().collect();
-        wal.append(&refs[..4]).unwrap();
-        wal.append(&refs[4..]).unwrap();
+        wal.append(&ops[..4]).unwrap();
+        wal.append(&ops[4..]).unwrap();
+        assert_eq!(wal.entries(), 2);
         drop(wal);
 
         let (mut wal, rec) = Wal::open(&path).unwrap();
@@ -362,7 +376,7 @@ mod tests {
         assert!(std::fs::read(&path).unwrap().len() > MAGIC.len());
         wal.reset().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), MAGIC);
-        wal.append(&refs[..1]).unwrap();
+        wal.append(&ops[..1]).unwrap();
         drop(wal);
         let (_, rec) = Wal::open(&path).unwrap();
         assert_eq!(rec.groups.len(), 1);
@@ -375,8 +389,8 @@ mod tests {
         let (mut wal, _) = Wal::open(&path).unwrap();
         wal.reset().unwrap();
         let ops = all_ops();
-        wal.append(&[&ops[0]]).unwrap();
-        wal.append(&[&ops[1], &ops[4]]).unwrap();
+        wal.append([&ops[0]]).unwrap();
+        wal.append([&ops[1], &ops[4]]).unwrap();
         drop(wal);
         let full = std::fs::read(&path).unwrap();
         for cut in [full.len() - 1, full.len() - 5, full.len() - 12] {

@@ -78,7 +78,6 @@ pub fn run(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut last_sync = Instant::now();
-    let mut logged_commits = 0u32;
     let mut dirty = false;
     let mut jobs: Vec<Job> = Vec::new();
     loop {
@@ -104,8 +103,9 @@ pub fn run(
             }
         }
         // A long interval must not let the log (and what a restart replays) grow without end.
-        let log_full = wal.as_ref().is_some_and(|w| w.appended() >= WAL_LIMIT)
-            || logged_commits >= MAX_LOGGED_COMMITS;
+        let log_full = wal
+            .as_ref()
+            .is_some_and(|w| w.appended() >= WAL_LIMIT || w.entries() >= MAX_LOGGED_COMMITS);
         let sync_due =
             fsync == Fsync::Batch && dirty && (last_sync.elapsed() >= interval || log_full);
         if jobs.is_empty() && !sync_due {
@@ -122,15 +122,11 @@ pub fn run(
             if matches!(durability, Durability::None) {
                 // Acknowledged only once the log holds it: a crash loses the None commit.
                 if let Some(w) = wal.as_mut() {
-                    let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
-                    if !ops.is_empty() {
-                        result = w.append(&ops).map_err(|e| e.to_string());
-                    }
+                    let ops = jobs.iter().flat_map(|j| j.ops.iter());
+                    result = w.append(ops).map_err(|e| e.to_string());
                 }
-                logged_commits += 1;
             } else if matches!(durability, Durability::Immediate) {
                 reset(&mut wal);
-                logged_commits = 0;
             }
         }
         stats.commits.fetch_add(1, Relaxed);
