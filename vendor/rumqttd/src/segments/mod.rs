@@ -338,9 +338,8 @@ mod tests {
         let packet_size = 1024;
         // 10 packets per segment, up to 3 segments in memory.
         let mut log: CommitLog<Bytes> = CommitLog::new(10 * 1024, 3).unwrap();
-        let mut offsets = Vec::new();
         for i in 0..25u8 {
-            offsets.push(log.append(random_payload(i, packet_size)));
+            log.append(random_payload(i, packet_size));
         }
         assert_eq!((log.head, log.tail), (0, 2));
         assert_eq!(log.held(), 25);
