@@ -9,7 +9,8 @@
 //!    start to the first CONNACK, and to a subscriber holding every retained message.
 //!
 //! Run: `cargo bench --bench durability` (`-- --quick` for a smoke run with a tenth of the
-//! load, `-- --only NAME` for one of memory, batch, always, mosquitto, online, restart).
+//! load, `-- --only NAME` for one of memory, batch, always, mosquitto, online, restart;
+//! `-- --messages N` to publish N messages per offline-queue round instead of 100,000).
 //! Each broker is a child process (this binary re-executed with `--serve`).
 
 #[path = "support/raw.rs"]
@@ -220,6 +221,7 @@ async fn offline_queue(mode: Mode, n: u64) -> (f64, u64) {
         pubs.push(connect(port, &format!("dur-pub{i}"), true).await.0);
     }
     let t = Instant::now();
+    eprintln!("PHASE start {:?}", t);
     let tasks: Vec<_> = pubs
         .into_iter()
         .map(|c| {
@@ -236,6 +238,7 @@ async fn offline_queue(mode: Mode, n: u64) -> (f64, u64) {
         t.await.unwrap();
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
+    eprintln!("PHASE end {:?}", Instant::now());
     let (mut sub, _) = connect(port, "dur-sub", false).await;
     let got = drain(&mut sub, n, Duration::from_secs(3)).await;
     (rate, got)
@@ -320,7 +323,11 @@ fn main() {
     if Command::new("mosquitto").arg("-h").output().is_ok() {
         modes.push(Mode::Mosquitto);
     }
-    let n = 100_000 / scale;
+    let n = args
+        .iter()
+        .position(|a| a == "--messages")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(100_000 / scale);
     modes.retain(|m| want(m.arg()));
     // Rounds interleave the modes so machine noise hits them alike; the median is reported.
     let rounds = if quick { 1 } else { 3 };

@@ -82,14 +82,9 @@ fn replay_wal(db: &Database, path: &Path) -> Result<wal::Wal, StoreError> {
         let started = std::time::Instant::now();
         let replay_err =
             |e: Box<redb::Error>| StoreError::Write(format!("replaying {}: {e}", path.display()));
-        // One redb commit per logged group: the grouping decides queue record keys, so the
-        // replay writes exactly what the crashed process had committed.
-        for ops in recovered.groups {
-            let job = Job { ops, done: None };
-            writer::commit(db, std::slice::from_ref(&job), redb::Durability::None)
-                .map_err(replay_err)?;
-        }
-        writer::commit(db, &[], redb::Durability::Immediate).map_err(replay_err)?;
+        // Records end at group boundaries (see `writer::commit`), so this writes what the
+        // crashed process had written, under the same keys.
+        writer::commit(db, &recovered.groups, redb::Durability::Immediate).map_err(replay_err)?;
         tracing::info!(
             groups,
             torn_bytes = recovered.torn_bytes,
@@ -176,7 +171,7 @@ pub struct QueueStats {
     pub bytes: AtomicU64,
     pub overflow: AtomicU64,
     /// Sequences of messages queued for this session and not yet acknowledged by its client.
-    pending: Mutex<std::collections::HashSet<u64>>,
+    pending: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 /// What capturing a publish produced: the write its ack waits for, and the sequence under
@@ -359,7 +354,7 @@ impl Store {
         let writer = {
             let (db, stats) = (db.clone(), stats.clone());
             let (fsync, interval) = (settings.fsync, settings.fsync_interval);
-            let wal = (fsync == Fsync::Batch).then_some(wal);
+            let wal = (fsync != Fsync::Always).then_some(wal);
             std::thread::Builder::new()
                 .name("moonwire-store".into())
                 .spawn(move || writer::run(db, rx, fsync, interval, stats, wal))
@@ -385,12 +380,25 @@ impl Store {
         Ok((store, restored))
     }
 
+    /// Sends changes to the writer; the ticket completes once they are in redb, so the caller
+    /// may read them.
     fn submit(&self, ops: Vec<Op>) -> Ticket {
+        self.send(ops, true)
+    }
+
+    /// Like `submit`, for changes nobody reads back soon: the ticket completes once they are
+    /// durable per the fsync policy, which with the write-ahead log comes before redb has them.
+    fn submit_logged(&self, ops: Vec<Op>) -> Ticket {
+        self.send(ops, false)
+    }
+
+    fn send(&self, ops: Vec<Op>, visible: bool) -> Ticket {
         let (done, rx) = oneshot::channel();
         if let Some(tx) = self.tx.lock().as_ref() {
             let _ = tx.send(Job {
                 ops,
                 done: Some(done),
+                visible,
             });
         }
         Ticket(rx)
@@ -465,7 +473,7 @@ impl Store {
             return None;
         }
         Some(Captured {
-            ticket: self.submit(ops),
+            ticket: self.submit_logged(ops),
             seq,
         })
     }
@@ -620,11 +628,11 @@ impl Store {
 
     /// An incoming QoS 2 publish was accepted and waits for PUBREL.
     pub fn qos2_received(&self, client: &str, pkid: u16) -> Ticket {
-        self.submit(vec![Op::PutQos2(qos2_key(client, pkid))])
+        self.submit_logged(vec![Op::PutQos2(qos2_key(client, pkid))])
     }
 
     pub fn qos2_released(&self, client: &str, pkid: u16) -> Ticket {
-        self.submit(vec![Op::DelQos2(qos2_key(client, pkid))])
+        self.submit_logged(vec![Op::DelQos2(qos2_key(client, pkid))])
     }
 
     /// The client acknowledged a message the router delivered, which carried store sequence
@@ -652,7 +660,7 @@ impl Store {
         };
         drop(pending);
         drop(sessions);
-        drop(self.submit(vec![op]));
+        drop(self.submit_logged(vec![op]));
     }
 
     /// A replayed message was acknowledged by the client; `record_done` when it was the last
@@ -686,7 +694,7 @@ impl Store {
         } else {
             Op::Acked(client.to_string(), seq)
         };
-        drop(self.submit(vec![op]));
+        drop(self.submit_logged(vec![op]));
     }
 
     /// Waits until everything submitted so far is committed.

@@ -1,15 +1,15 @@
-//! The write-ahead log behind `storage.fsync = "batch"`: it lets a commit be acknowledged once
-//! it is in the OS, without waiting for the disk.
+//! The write-ahead log behind `storage.fsync = "batch"` and `"never"`: it lets a commit be
+//! acknowledged once it is in the OS, without waiting for the disk.
 //!
 //! redb cannot do that by itself on Linux: its `Durability::Eventual` is an `fdatasync` there,
 //! and its `Durability::None` keeps a commit in the process's memory, which a `kill -9` loses.
-//! So in batch mode the writer commits each group to redb with `None` (visible to every reader at
-//! once) and appends the group's operations here with one `write`, which a crash of the process
-//! cannot undo. Every `storage.fsync_interval` it commits redb durably and empties the log. After
-//! a crash, `Store::open` replays the log's groups in order before reading anything. Replaying a
-//! group that redb already holds changes nothing (every operation is keyed, and a group's queue
-//! records are keyed by its first sequence), so a crash between the durable commit and the reset
-//! is harmless.
+//! So the writer appends each group's operations here with one `write`, which a crash of the
+//! process cannot undo, and acknowledges it. It applies the logged groups to redb later, many
+//! per commit (see `writer::run`); every `storage.fsync_interval` it commits redb durably and
+//! empties the log. After a crash, `Store::open` applies the log's groups before reading
+//! anything. Applying a group that redb already holds changes nothing (every operation is
+//! keyed, and queue records end with their group and are keyed by its first sequence), so a
+//! crash between the durable commit and the reset is harmless.
 //!
 //! Layout: the 8-byte magic, then entries of `len u32 LE | crc32 u32 LE | payload`, one per
 //! commit group. A power cut can leave a torn last entry; replay stops at the first entry that
@@ -47,9 +47,8 @@ pub struct Wal {
     file: File,
     path: PathBuf,
     has_magic: bool,
-    /// Bytes and groups appended since the last reset.
+    /// Bytes appended since the last reset.
     appended: u64,
-    entries: u32,
 }
 
 /// What `Wal::open` found.
@@ -103,7 +102,6 @@ impl Wal {
                 path: path.to_path_buf(),
                 has_magic,
                 appended: 0,
-                entries: 0,
             },
             recovered,
         ))
@@ -129,13 +127,7 @@ impl Wal {
             source,
         })?;
         self.appended += entry.len() as u64;
-        self.entries += 1;
         Ok(())
-    }
-
-    /// Groups appended since the last reset.
-    pub fn entries(&self) -> u32 {
-        self.entries
     }
 
     /// Bytes appended since the last reset.
@@ -157,7 +149,6 @@ impl Wal {
         }
         self.file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
         self.appended = 0;
-        self.entries = 0;
         Ok(())
     }
 
@@ -364,7 +355,10 @@ mod tests {
         let ops = all_ops();
         wal.append(&ops[..4]).unwrap();
         wal.append(&ops[4..]).unwrap();
-        assert_eq!(wal.entries(), 2);
+        assert_eq!(
+            wal.appended() + MAGIC.len() as u64,
+            std::fs::metadata(&path).unwrap().len()
+        );
         drop(wal);
 
         let (mut wal, rec) = Wal::open(&path).unwrap();
