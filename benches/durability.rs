@@ -221,7 +221,6 @@ async fn offline_queue(mode: Mode, n: u64) -> (f64, u64) {
         pubs.push(connect(port, &format!("dur-pub{i}"), true).await.0);
     }
     let t = Instant::now();
-    eprintln!("PHASE start {:?}", t);
     let tasks: Vec<_> = pubs
         .into_iter()
         .map(|c| {
@@ -238,7 +237,6 @@ async fn offline_queue(mode: Mode, n: u64) -> (f64, u64) {
         t.await.unwrap();
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
-    eprintln!("PHASE end {:?}", Instant::now());
     let (mut sub, _) = connect(port, "dur-sub", false).await;
     let got = drain(&mut sub, n, Duration::from_secs(3)).await;
     (rate, got)
