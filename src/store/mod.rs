@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
-use tokio::sync::oneshot;
-use writer::{Job, Op, WriterStats};
+use tokio::sync::watch;
+use writer::{Op, WriterStats};
 
 use crate::pipeline::{filter_matches, now_ms};
 use crate::router::protocol::PublishProperties;
@@ -148,7 +148,11 @@ pub struct StoreSettings {
 
 /// Completes when the changes it stands for are committed (per the fsync policy).
 #[must_use]
-pub struct Ticket(oneshot::Receiver<Result<(), String>>);
+pub struct Ticket {
+    generation: u64,
+    /// `None`: submitted after the store closed.
+    done: Option<watch::Receiver<writer::Done>>,
+}
 
 impl Ticket {
     pub async fn wait(mut self) -> Result<(), StoreError> {
@@ -157,9 +161,17 @@ impl Ticket {
 
     /// Like [`Ticket::wait`], without consuming: safe to call again after being cancelled.
     pub async fn wait_mut(&mut self) -> Result<(), StoreError> {
-        match (&mut self.0).await {
-            Ok(r) => r.map_err(StoreError::Write),
-            Err(_) => Err(StoreError::Write("store writer stopped".into())),
+        let stopped = || StoreError::Write("store writer stopped".into());
+        let Some(done) = self.done.as_mut() else {
+            return Err(stopped());
+        };
+        let g = self.generation;
+        // An error means the writer is gone; what it finished before is still there.
+        let _ = done.wait_for(|d| d.finished >= g).await;
+        let outcome = done.borrow().outcome(g);
+        match outcome {
+            Some(r) => r.map_err(StoreError::Write),
+            None => Err(stopped()),
         }
     }
 }
@@ -301,7 +313,8 @@ pub struct Resume {
 pub struct Store {
     path: PathBuf,
     db: Arc<Database>,
-    tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    inbox: Arc<writer::Inbox>,
+    done: watch::Receiver<writer::Done>,
     settings: StoreSettings,
     sessions: Mutex<HashMap<String, SessionState>>,
     offline: RwLock<OfflineIndex>,
@@ -345,19 +358,20 @@ impl Store {
         let (restored, sessions, next_seq) = load(&db, &path)?;
         let retained = restored.retained.len() as u64;
 
-        let (tx, rx) = std::sync::mpsc::channel();
+        let inbox = Arc::new(writer::Inbox::default());
+        let (done_tx, done) = watch::channel(writer::Done::default());
         let stats = Arc::new(WriterStats {
             commits: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         });
         let writer = {
-            let (db, stats) = (db.clone(), stats.clone());
+            let (db, stats, inbox) = (db.clone(), stats.clone(), inbox.clone());
             let (fsync, interval) = (settings.fsync, settings.fsync_interval);
             let wal = (fsync != Fsync::Always).then_some(wal);
             std::thread::Builder::new()
                 .name("moonwire-store".into())
-                .spawn(move || writer::run(db, rx, fsync, interval, stats, wal))
+                .spawn(move || writer::run(db, inbox, done_tx, fsync, interval, stats, wal))
                 .map_err(StoreError::Spawn)?
         };
         let mut index = OfflineIndex::default();
@@ -367,7 +381,8 @@ impl Store {
         let store = Arc::new(Store {
             path,
             db,
-            tx: Mutex::new(Some(tx)),
+            inbox,
+            done,
             settings,
             offline_filters: AtomicUsize::new(index.len()),
             offline: RwLock::new(index),
@@ -393,15 +408,16 @@ impl Store {
     }
 
     fn send(&self, ops: Vec<Op>, visible: bool) -> Ticket {
-        let (done, rx) = oneshot::channel();
-        if let Some(tx) = self.tx.lock().as_ref() {
-            let _ = tx.send(Job {
-                ops,
-                done: Some(done),
-                visible,
-            });
+        match self.inbox.submit(ops, visible) {
+            Some(generation) => Ticket {
+                generation,
+                done: Some(self.done.clone()),
+            },
+            None => Ticket {
+                generation: 0,
+                done: None,
+            },
         }
-        Ticket(rx)
     }
 
     /// Records what a routed publish means for the store: a retained message set or
@@ -450,7 +466,8 @@ impl Store {
         }
         let mut seq = None;
         if !targets.is_empty() {
-            let frame: Arc<[u8]> = Arc::from(&frame[..]);
+            // Shared by every session it is queued for, without a copy.
+            let frame = frame.freeze();
             let size = frame.len() as u64;
             for t in targets {
                 let q = qos.min(t.qos);
@@ -704,7 +721,7 @@ impl Store {
 
     /// Stops the writer after it committed (and fsynced) everything submitted.
     pub fn close(&self) {
-        self.tx.lock().take();
+        self.inbox.close();
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }

@@ -296,7 +296,13 @@ fn decode(payload: &[u8]) -> Result<Vec<Op>, &'static str> {
             5 => {
                 let client: Arc<str> = Arc::from(r.string()?);
                 let (seq, qos, at) = (r.u64()?, r.u8()?, r.u64()?);
-                Op::Enqueue(client, seq, qos, at, Arc::from(r.bytes()?))
+                Op::Enqueue(
+                    client,
+                    seq,
+                    qos,
+                    at,
+                    bytes::Bytes::copy_from_slice(r.bytes()?),
+                )
             }
             6 => Op::Acked(r.string()?, r.u64()?),
             7 => Op::DropRecord(r.bytes()?.to_vec(), r.string()?, r.u64()?, r.u64()?),
@@ -325,7 +331,7 @@ mod tests {
                 7,
                 1,
                 1_700_000_000_000,
-                Arc::from(&[9u8, 8][..]),
+                bytes::Bytes::from_static(&[9u8, 8]),
             ),
             Op::Acked("dev3".into(), 7),
             Op::DropRecord(vec![0, 1], "dev3".into(), 7, 9),

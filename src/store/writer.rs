@@ -5,12 +5,13 @@
 use super::record::{batch_push, batch_start, client_range, queue_key};
 use super::tables::{ACKED, QOS2, QUEUE, RETAINED, SESSIONS};
 use super::wal::Wal;
+use parking_lot::{Condvar, Mutex};
 use redb::{Database, Durability};
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 /// How commits reach the disk; `storage.fsync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -35,7 +36,7 @@ pub enum Op {
     DelSession(String),
     /// Client, seq, QoS, stored at, shared frame. A commit writes all of a client's as one
     /// record keyed by the first seq.
-    Enqueue(Arc<str>, u64, u8, u64, Arc<[u8]>),
+    Enqueue(Arc<str>, u64, u8, u64, bytes::Bytes),
     /// One message of a record was delivered: (client, seq).
     Acked(String, u64),
     /// Every message of a record was delivered: (record key, client, first and last seq).
@@ -58,12 +59,106 @@ impl Op {
     }
 }
 
-/// A group of changes and who waits for them.
-pub struct Job {
-    pub ops: Vec<Op>,
-    pub done: Option<oneshot::Sender<Result<(), String>>>,
-    /// The waiter reads the store next, so the changes must be in redb, not only in the log.
-    pub visible: bool,
+/// Changes submitted and not yet taken by the writer. Submitting is a push under a lock the
+/// writer takes only to swap the batch out, and the writer is woken only when the inbox goes
+/// from empty to not: a burst of publishes costs one wake-up and one completion per group,
+/// not one per message. Everything staged in one generation commits together.
+#[derive(Default)]
+pub struct Inbox {
+    staged: Mutex<Staged>,
+    wake: Condvar,
+}
+
+struct Staged {
+    ops: Vec<Op>,
+    /// Something was submitted since the writer last took the batch (possibly no ops: a
+    /// waiter that only needs what came before it).
+    pending: bool,
+    /// A waiter reads the store next, so the changes must be in redb, not only in the log.
+    visible: bool,
+    /// The generation that what is staged commits in.
+    generation: u64,
+    closed: bool,
+}
+
+impl Default for Staged {
+    fn default() -> Self {
+        Staged {
+            ops: Vec::new(),
+            pending: false,
+            visible: false,
+            generation: 1,
+            closed: false,
+        }
+    }
+}
+
+impl Inbox {
+    /// Stages changes; returns their generation, or `None` once the store is closed.
+    pub fn submit(&self, ops: Vec<Op>, visible: bool) -> Option<u64> {
+        let mut s = self.staged.lock();
+        if s.closed {
+            return None;
+        }
+        let idle = !s.pending;
+        s.ops.extend(ops);
+        s.pending = true;
+        s.visible |= visible;
+        let generation = s.generation;
+        drop(s);
+        if idle {
+            self.wake.notify_one();
+        }
+        Some(generation)
+    }
+
+    /// The writer finishes what is staged, commits durably and stops.
+    pub fn close(&self) {
+        self.staged.lock().closed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// Failed generations remembered for their tickets.
+const FAILURES_KEPT: usize = 64;
+
+/// What the writer has finished, watched by tickets.
+#[derive(Default)]
+pub struct Done {
+    /// Every generation up to this one is finished.
+    pub finished: u64,
+    /// Recent generations that failed, with why.
+    failed: VecDeque<(u64, String)>,
+    /// Generations below this may have failed without being remembered.
+    forgotten_below: u64,
+}
+
+impl Done {
+    /// How generation `g` ended; `None` while it is not finished.
+    pub fn outcome(&self, g: u64) -> Option<Result<(), String>> {
+        if self.finished < g {
+            return None;
+        }
+        if let Some((_, e)) = self.failed.iter().find(|(f, _)| *f == g) {
+            return Some(Err(e.clone()));
+        }
+        if g < self.forgotten_below {
+            return Some(Err("store write failed (see the log)".into()));
+        }
+        Some(Ok(()))
+    }
+
+    fn finish(&mut self, g: u64, result: Result<(), String>) {
+        self.finished = g;
+        if let Err(e) = result {
+            self.failed.push_back((g, e));
+            if self.failed.len() > FAILURES_KEPT
+                && let Some((f, _)) = self.failed.pop_front()
+            {
+                self.forgotten_below = f + 1;
+            }
+        }
+    }
 }
 
 /// Write-ahead log size that forces a durable commit before `fsync_interval` is up.
@@ -80,9 +175,6 @@ const MAX_DEFERRED_BYTES: usize = 16 << 20;
 /// Beyond this many times the limits above, redb has kept failing to apply them: new
 /// changes are refused instead of held in memory without end.
 const DEFERRED_REFUSE: usize = 4;
-
-/// Jobs applied in one transaction at most; bounds the latency of the first waiter.
-const MAX_GROUP: usize = 2048;
 
 pub struct WriterStats {
     pub commits: std::sync::atomic::AtomicU64,
@@ -109,21 +201,34 @@ impl Deferred {
         self.ops >= MAX_DEFERRED_OPS * times || self.bytes >= MAX_DEFERRED_BYTES * times
     }
 
-    fn clear(&mut self) {
-        *self = Deferred::default();
+    fn clear(&mut self, spare: &mut Vec<Vec<Op>>) {
+        for group in self.groups.drain(..) {
+            recycle(spare, group);
+        }
+        self.ops = 0;
+        self.bytes = 0;
     }
 }
 
-/// Runs the writer.
+/// Keeps a few emptied group buffers of ordinary size for reuse.
+fn recycle(spare: &mut Vec<Vec<Op>>, mut group: Vec<Op>) {
+    if spare.len() < 4 && group.capacity() <= 4096 {
+        group.clear();
+        spare.push(group);
+    }
+}
+
+/// Runs the writer until the inbox is closed.
 ///
-/// With `wal` (`batch` and `never`), a group is acknowledged once the write-ahead log holds it
+/// With `wal` (`batch` and `never`), a group is finished once the write-ahead log holds it
 /// (see `wal.rs`), and applied to redb later, many groups per commit: when a waiter needs to
-/// read it (`Job::visible`), when enough has gathered, and durably every `interval` (`batch`
+/// read it (`visible`), when enough has gathered, and durably every `interval` (`batch`
 /// only) or when the log or the commits since the last durable one reach their bound.
-/// Without it (`always`), every group is one durable commit before its acks.
+/// Without it (`always`), every group is one durable commit before it is finished.
 pub fn run(
     db: Arc<Database>,
-    rx: Receiver<Job>,
+    inbox: Arc<Inbox>,
+    done: watch::Sender<Done>,
     fsync: Fsync,
     interval: Duration,
     stats: Arc<WriterStats>,
@@ -136,35 +241,48 @@ pub fn run(
     let mut dirty = false;
     let mut nondurable = 0u32;
     let mut deferred = Deferred::default();
-    let mut jobs: Vec<Job> = Vec::new();
+    // Emptied group buffers, handed back to the inbox so staging does not grow a new one.
+    let mut spare: Vec<Vec<Op>> = Vec::new();
     loop {
-        let wait = if dirty && timed {
-            interval.saturating_sub(last_sync.elapsed())
-        } else {
-            Duration::from_secs(3600)
-        };
-        match rx.recv_timeout(wait) {
-            Ok(job) => jobs.push(job),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                if dirty && commit(&db, &deferred.groups, Durability::Immediate).is_ok() {
-                    reset(&mut wal);
+        let (group, visible, generation, closed, submitted) = {
+            let mut s = inbox.staged.lock();
+            let mut woken = false;
+            while !s.pending && !s.closed {
+                let wait = if dirty && timed {
+                    interval.saturating_sub(last_sync.elapsed())
+                } else {
+                    Duration::from_secs(3600)
+                };
+                if inbox.wake.wait_for(&mut s, wait).timed_out() {
+                    break;
                 }
-                return;
+                woken = true;
             }
-        }
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+            if woken {
+                // Woken by the first change of a burst: the threads staging the rest get the
+                // CPU first, so the group takes them too (with a core to spare this returns
+                // at once). Measured: about a tenth more QoS 1 throughput on two cores.
+                drop(s);
+                std::thread::yield_now();
+                s = inbox.staged.lock();
             }
+            let submitted = std::mem::take(&mut s.pending);
+            let generation = s.generation;
+            if submitted {
+                s.generation += 1;
+            }
+            let group = std::mem::replace(&mut s.ops, spare.pop().unwrap_or_default());
+            let visible = std::mem::take(&mut s.visible);
+            (group, visible, generation, s.closed, submitted)
+        };
+        if closed && !submitted {
+            if dirty && commit(&db, &deferred.groups, Durability::Immediate).is_ok() {
+                reset(&mut wal);
+            }
+            return;
         }
-        let group: Vec<Op> = jobs
-            .iter_mut()
-            .flat_map(|j| std::mem::take(&mut j.ops))
-            .collect();
         let Some(log) = wal.as_mut() else {
-            if jobs.is_empty() {
+            if !submitted {
                 continue;
             }
             let result = commit(&db, std::slice::from_ref(&group), Durability::Immediate)
@@ -175,26 +293,24 @@ pub fn run(
                 stats.errors.fetch_add(1, Relaxed);
                 tracing::error!(error = %e, "store commit failed; the affected publishes are not acknowledged");
             }
-            for job in jobs.drain(..) {
-                if let Some(done) = job.done {
-                    let _ = done.send(result.clone());
-                }
-            }
+            done.send_modify(|d| d.finish(generation, result));
+            recycle(&mut spare, group);
             continue;
         };
         // A long interval must not let the log (and what a restart replays) grow without end.
         let log_full = log.appended() >= WAL_LIMIT || nondurable >= MAX_NONDURABLE_COMMITS;
         let sync_due = dirty && ((timed && last_sync.elapsed() >= interval) || log_full);
-        if jobs.is_empty() && !sync_due {
+        if !submitted && !sync_due {
             continue;
         }
         let logged = if group.is_empty() {
+            recycle(&mut spare, group);
             Ok(())
         } else if deferred.full(DEFERRED_REFUSE) {
             Err("the store cannot apply its write-ahead log (see earlier errors)".to_string())
         } else {
-            // Acknowledged only once the log holds it: a crash of the process cannot undo a
-            // write that reached the OS.
+            // Finished only once the log holds it: a crash of the process cannot undo a write
+            // that reached the OS.
             let r = log.append(&group).map_err(|e| e.to_string());
             if r.is_ok() {
                 deferred.push(group);
@@ -202,7 +318,6 @@ pub fn run(
             }
             r
         };
-        let visible = jobs.iter().any(|j| j.visible);
         let mut applied = Ok(());
         if visible || sync_due || deferred.full(1) {
             let durable = sync_due || (timed && dirty && last_sync.elapsed() >= interval);
@@ -215,7 +330,7 @@ pub fn run(
             stats.commits.fetch_add(1, Relaxed);
             match &applied {
                 Ok(()) if durable => {
-                    deferred.clear();
+                    deferred.clear(&mut spare);
                     stats.fsyncs.fetch_add(1, Relaxed);
                     if let Err(e) = log.reset() {
                         tracing::warn!(error = %e, path = %log.path().display(), "cannot empty the write-ahead log");
@@ -225,7 +340,7 @@ pub fn run(
                     nondurable = 0;
                 }
                 Ok(()) => {
-                    deferred.clear();
+                    deferred.clear(&mut spare);
                     nondurable += 1;
                 }
                 Err(e) => {
@@ -239,15 +354,13 @@ pub fn run(
             stats.errors.fetch_add(1, Relaxed);
             tracing::error!(error = %e, "store write failed; the affected publishes are not acknowledged");
         }
-        for job in jobs.drain(..) {
-            if let Some(done) = job.done {
-                let r = match (&logged, &applied) {
-                    (Err(e), _) => Err(e.clone()),
-                    (Ok(()), Err(e)) if job.visible => Err(e.clone()),
-                    _ => Ok(()),
-                };
-                let _ = done.send(r);
-            }
+        if submitted {
+            let result = match (logged, applied) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Err(e)) if visible => Err(e),
+                _ => Ok(()),
+            };
+            done.send_modify(|d| d.finish(generation, result));
         }
     }
 }
@@ -363,7 +476,13 @@ mod tests {
     use redb::ReadableTable;
 
     fn enqueue(client: &Arc<str>, seq: u64) -> Op {
-        Op::Enqueue(client.clone(), seq, 1, 0, Arc::from(&b"frame"[..]))
+        Op::Enqueue(
+            client.clone(),
+            seq,
+            1,
+            0,
+            bytes::Bytes::from_static(b"frame"),
+        )
     }
 
     fn queue_records(db: &Database) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -376,6 +495,88 @@ mod tests {
                 (k.value().to_vec(), v.value().to_vec())
             })
             .collect()
+    }
+
+    fn wait(done: &watch::Receiver<Done>, g: u64) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = done.borrow().outcome(g) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "generation {g} never finished");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn logged_changes_are_acknowledged_before_redb_has_them_and_applied_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("s.redb")).unwrap());
+        commit(&db, &[], Durability::Immediate).unwrap();
+        let wal_path = dir.path().join("s.wal");
+        let (mut wal, _) = Wal::open(&wal_path).unwrap();
+        wal.reset().unwrap();
+        let inbox = Arc::new(Inbox::default());
+        let (done_tx, done) = watch::channel(Done::default());
+        let stats = Arc::new(WriterStats {
+            commits: 0.into(),
+            fsyncs: 0.into(),
+            errors: 0.into(),
+        });
+        let writer = {
+            let (db, inbox) = (db.clone(), inbox.clone());
+            std::thread::spawn(move || {
+                run(
+                    db,
+                    inbox,
+                    done_tx,
+                    Fsync::Batch,
+                    Duration::from_secs(3600),
+                    stats,
+                    Some(wal),
+                )
+            })
+        };
+        let a: Arc<str> = Arc::from("a");
+        let g = inbox.submit(vec![enqueue(&a, 1)], false).unwrap();
+        wait(&done, g).unwrap();
+        assert!(
+            std::fs::metadata(&wal_path).unwrap().len() > 8,
+            "the log holds it"
+        );
+        assert!(queue_records(&db).is_empty(), "redb does not have it yet");
+
+        // A waiter that reads next gets everything before it applied.
+        let g = inbox.submit(vec![], true).unwrap();
+        wait(&done, g).unwrap();
+        assert_eq!(queue_records(&db).len(), 1);
+
+        // Closing commits durably and empties the log; later submissions are refused.
+        inbox.submit(vec![enqueue(&a, 2)], false).unwrap();
+        inbox.close();
+        writer.join().unwrap();
+        assert_eq!(queue_records(&db).len(), 2);
+        assert_eq!(std::fs::metadata(&wal_path).unwrap().len(), 8);
+        assert!(inbox.submit(vec![enqueue(&a, 3)], false).is_none());
+    }
+
+    #[test]
+    fn a_failed_generation_fails_its_tickets_and_no_other() {
+        let mut d = Done::default();
+        assert_eq!(d.outcome(1), None);
+        d.finish(1, Ok(()));
+        d.finish(2, Err("disk full".into()));
+        d.finish(3, Ok(()));
+        assert_eq!(d.outcome(1), Some(Ok(())));
+        assert_eq!(d.outcome(2), Some(Err("disk full".into())));
+        assert_eq!(d.outcome(3), Some(Ok(())));
+        assert_eq!(d.outcome(4), None);
+        // Beyond the failures it remembers, an old generation is reported failed, not ok.
+        for g in 4..4 + FAILURES_KEPT as u64 {
+            d.finish(g, Err("again".into()));
+        }
+        assert!(d.outcome(2).is_some_and(|r| r.is_err()));
+        assert!(d.outcome(1).is_some_and(|r| r.is_err()));
     }
 
     #[test]
