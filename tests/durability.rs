@@ -1212,3 +1212,70 @@ async fn in_flight_to_a_connected_session_survives_kill9() {
     }
     assert_eq!(after, vec!["second".to_string()], "after the restart");
 }
+
+/// A connected persistent subscriber that keeps lagging a few messages behind never empties
+/// its pending set. Its stored copies must still be dropped as its acknowledgements pass them
+/// (or the store grows for as long as it lags), and never one it has not acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_subscriber_keeps_only_what_it_has_not_acknowledged() {
+    const N: usize = 1000;
+    const LAG: usize = 10;
+    let mut b = Broker::new("batch");
+    b.start().await;
+    let (mut s, _) = raw_connect_v4(b.addr(), "lagger", false).await;
+    raw_subscribe(&mut s, 4, "durable/lag", 1).await;
+    let (mut p, _) = raw_connect_v4(b.addr(), "lag-pub", true).await;
+    let mut unacked: std::collections::VecDeque<(u16, String)> = Default::default();
+    for i in 0..N {
+        let payload = format!("m{i}");
+        p.send(&raw::publish(
+            4,
+            b"durable/lag",
+            payload.as_bytes(),
+            1,
+            (i % 60_000) as u16 + 1,
+        ))
+        .await;
+        assert_eq!(p.read(WAIT).await.expect("PUBACK").0, 0x40);
+        let (first, body) = s.read(WAIT).await.expect("delivery");
+        let (_, pkid, got) = parse_publish_v4(first, &body);
+        unacked.push_back((pkid, text(&got)));
+        if unacked.len() > LAG
+            && let Some((pkid, _)) = unacked.pop_front()
+        {
+            s.send(&raw::packet(0x40, &pkid.to_be_bytes())).await;
+        }
+    }
+    // Past the 1 s fsync interval, everything is in the database file itself.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.kill9();
+    let records = {
+        let db = redb::Database::open(b.store_path()).expect("open the store");
+        let tx = db.begin_read().unwrap();
+        let queue: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("queue");
+        let t = tx.open_table(queue).unwrap();
+        let mut lo = b"lagger".to_vec();
+        lo.push(0);
+        let mut hi = b"lagger".to_vec();
+        hi.push(1);
+        t.range(lo.as_slice()..hi.as_slice()).unwrap().count()
+    };
+    // One record per commit group here (each publish waits for its PUBACK): without the trim
+    // all ~1,000 stay.
+    assert!(
+        records <= 300,
+        "{records} queue records kept for {LAG} pending messages"
+    );
+
+    b.start().await;
+    let (mut s, present) = raw_connect_v4(b.addr(), "lagger", false).await;
+    assert!(present, "session present after the restart");
+    let mut after = vec![];
+    while let Some((first, body)) = s.read(Duration::from_millis(1500)).await {
+        let (_, pkid, payload) = parse_publish_v4(first, &body);
+        s.send(&raw::packet(0x40, &pkid.to_be_bytes())).await;
+        after.push(text(&payload));
+    }
+    let want: Vec<String> = unacked.into_iter().map(|(_, p)| p).collect();
+    assert_eq!(after, want, "exactly the unacknowledged messages, in order");
+}

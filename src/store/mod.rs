@@ -54,6 +54,8 @@ const VERSION: &str = "1";
 const FILE_NAME: &str = "moonwire.redb";
 /// The write-ahead log of `fsync = "batch"`, next to the database.
 const WAL_FILE_NAME: &str = "moonwire.wal";
+/// Acknowledgements of a session's stored copies between two trims below its oldest pending one.
+const TRIM_EVERY: u64 = 256;
 
 /// Applies what the write-ahead log holds (commits acknowledged since the last durable one),
 /// makes it durable, and returns the emptied log.
@@ -184,6 +186,8 @@ pub struct QueueStats {
     pub overflow: AtomicU64,
     /// Sequences of messages queued for this session and not yet acknowledged by its client.
     pending: Mutex<std::collections::BTreeSet<u64>>,
+    /// Acknowledgements since the last `Op::AckedBelow`.
+    acked_since_trim: AtomicU64,
 }
 
 /// What capturing a publish produced: the write its ack waits for, and the sequence under
@@ -654,7 +658,8 @@ impl Store {
 
     /// The client acknowledged a message the router delivered, which carried store sequence
     /// `seq`: its stored copy for this session (if any) is no longer needed. Once nothing is
-    /// pending, the session's queue records are removed.
+    /// pending, the session's queue records are removed; while some stay pending, every
+    /// `TRIM_EVERY` acknowledgements the records wholly below the oldest pending one are.
     pub fn delivered(&self, client: &str, seq: u64) {
         let sessions = self.sessions.lock();
         let Some(s) = sessions.get(client) else {
@@ -668,16 +673,42 @@ impl Store {
             .stats
             .messages
             .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        let mut trim = false;
         let op = if pending.is_empty() {
             s.stats.messages.store(0, Relaxed);
             s.stats.bytes.store(0, Relaxed);
             Op::ClearQueue(client.to_string())
         } else {
+            // A subscriber that never quite catches up never empties its pending set; without
+            // trimming, its records and acknowledgement rows would grow for as long as it lags,
+            // and every commit would cost more than the last.
+            trim = s.stats.acked_since_trim.fetch_add(1, Relaxed) + 1 >= TRIM_EVERY;
             Op::Acked(client.to_string(), seq)
         };
         drop(pending);
         drop(sessions);
         drop(self.submit_logged(vec![op]));
+        if trim {
+            self.trim_delivered(client);
+        }
+    }
+
+    /// Drops a session's stored copies below its oldest pending one.
+    fn trim_delivered(&self, client: &str) {
+        // A capture takes its seq and stages its copy under the index's read lock. With the
+        // write lock held, every seq handed out so far is staged and in `pending`, so nothing
+        // older than the oldest pending one can still arrive, and the trim is ordered after
+        // every copy it could touch.
+        let _index = self.offline.write();
+        let sessions = self.sessions.lock();
+        let Some(s) = sessions.get(client) else {
+            return;
+        };
+        s.stats.acked_since_trim.store(0, Relaxed);
+        let Some(&oldest) = s.stats.pending.lock().first() else {
+            return;
+        };
+        drop(self.submit_logged(vec![Op::AckedBelow(client.to_string(), oldest)]));
     }
 
     /// A replayed message was acknowledged by the client; `record_done` when it was the last

@@ -239,6 +239,11 @@ fn encode(op: &Op, out: &mut Vec<u8>) {
             out.push(8);
             put_bytes(out, client.as_bytes());
         }
+        Op::AckedBelow(client, seq) => {
+            out.push(11);
+            put_bytes(out, client.as_bytes());
+            put_u64(out, *seq);
+        }
         Op::PutQos2(key) => {
             out.push(9);
             put_bytes(out, key);
@@ -307,6 +312,7 @@ fn decode(payload: &[u8]) -> Result<Vec<Op>, &'static str> {
             6 => Op::Acked(r.string()?, r.u64()?),
             7 => Op::DropRecord(r.bytes()?.to_vec(), r.string()?, r.u64()?, r.u64()?),
             8 => Op::ClearQueue(r.string()?),
+            11 => Op::AckedBelow(r.string()?, r.u64()?),
             9 => Op::PutQos2(r.bytes()?.to_vec()),
             10 => Op::DelQos2(r.bytes()?.to_vec()),
             _ => return Err("unknown operation"),
@@ -336,6 +342,7 @@ mod tests {
             Op::Acked("dev3".into(), 7),
             Op::DropRecord(vec![0, 1], "dev3".into(), 7, 9),
             Op::ClearQueue("dev4".into()),
+            Op::AckedBelow("dev4".into(), 12),
             Op::PutQos2(vec![5]),
             Op::DelQos2(vec![]),
         ]

@@ -6,7 +6,7 @@ use super::record::{batch_push, batch_start, client_range, queue_key};
 use super::tables::{ACKED, QOS2, QUEUE, RETAINED, SESSIONS};
 use super::wal::Wal;
 use parking_lot::{Condvar, Mutex};
-use redb::{Database, Durability};
+use redb::{Database, Durability, ReadableTable};
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -42,6 +42,9 @@ pub enum Op {
     /// Every message of a record was delivered: (record key, client, first and last seq).
     DropRecord(Vec<u8>, String, u64, u64),
     ClearQueue(String),
+    /// Every queued message of the client below this seq was delivered: (client, seq). Drops
+    /// the records before the one that holds it, and their acknowledgement rows.
+    AckedBelow(String, u64),
     PutQos2(Vec<u8>),
     DelQos2(Vec<u8>),
 }
@@ -53,7 +56,11 @@ impl Op {
             Op::PutRetained(t, v) | Op::PutSession(t, v) => t.len() + v.len(),
             Op::Enqueue(c, _, _, _, frame) => c.len() + frame.len(),
             Op::DropRecord(k, c, _, _) => k.len() + c.len(),
-            Op::DelRetained(s) | Op::DelSession(s) | Op::ClearQueue(s) | Op::Acked(s, _) => s.len(),
+            Op::DelRetained(s)
+            | Op::DelSession(s)
+            | Op::ClearQueue(s)
+            | Op::Acked(s, _)
+            | Op::AckedBelow(s, _) => s.len(),
             Op::PutQos2(k) | Op::DelQos2(k) => k.len(),
         }
     }
@@ -455,6 +462,23 @@ fn apply(db: &Database, groups: &[Vec<Op>], durability: Durability) -> Result<()
                         queue.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
                         acked.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
                     }
+                    Op::AckedBelow(c, seq) => {
+                        flush(&mut pending, &mut queue, Some(c))?;
+                        // Records are keyed by their first seq and hold ascending seqs, so every
+                        // record before the last one starting below `seq` is wholly delivered.
+                        // That last one may still hold pending messages and stays, with the
+                        // acknowledgement rows from its first seq on.
+                        let lo = client_range(c).0;
+                        let below = queue_key(c, *seq);
+                        let last = match queue.range(lo.as_slice()..below.as_slice())?.next_back() {
+                            Some(entry) => Some(entry?.0.value().to_vec()),
+                            None => None,
+                        };
+                        if let Some(last) = last {
+                            queue.retain_in(lo.as_slice()..last.as_slice(), |_, _| false)?;
+                            acked.retain_in(lo.as_slice()..last.as_slice(), |_, _| false)?;
+                        }
+                    }
                     Op::PutQos2(k) => {
                         qos2.insert(k.as_slice(), &[][..])?;
                     }
@@ -474,7 +498,6 @@ fn apply(db: &Database, groups: &[Vec<Op>], durability: Durability) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::ReadableTable;
 
     fn enqueue(client: &Arc<str>, seq: u64) -> Op {
         Op::Enqueue(
@@ -578,6 +601,48 @@ mod tests {
         }
         assert!(d.outcome(2).is_some_and(|r| r.is_err()));
         assert!(d.outcome(1).is_some_and(|r| r.is_err()));
+    }
+
+    fn keys(db: &Database, table: redb::TableDefinition<&[u8], &[u8]>) -> Vec<Vec<u8>> {
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(table).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn acked_below_drops_only_records_wholly_delivered() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let groups = vec![
+            vec![enqueue(&a, 1), enqueue(&a, 2), enqueue(&b, 2)],
+            vec![enqueue(&a, 3), enqueue(&a, 4)],
+            vec![enqueue(&a, 5), enqueue(&a, 6)],
+            vec![
+                Op::Acked("a".into(), 1),
+                Op::Acked("a".into(), 2),
+                Op::Acked("a".into(), 3),
+                Op::Acked("b".into(), 2),
+            ],
+        ];
+        commit(&db, &groups, Durability::Immediate).unwrap();
+        assert_eq!(keys(&db, QUEUE).len(), 4);
+
+        // 4 is the oldest pending: the record starting at 1 is wholly delivered, the one
+        // starting at 3 still holds 4 and keeps its row for 3.
+        let trim = vec![vec![Op::AckedBelow("a".into(), 4)]];
+        commit(&db, &trim, Durability::Immediate).unwrap();
+        let k = |c: &str, seq| queue_key(c, seq);
+        assert_eq!(keys(&db, QUEUE), vec![k("a", 3), k("a", 5), k("b", 2)]);
+        assert_eq!(keys(&db, ACKED), vec![k("a", 3), k("b", 2)]);
+
+        // Nothing below the first record: nothing to drop.
+        let trim = vec![vec![Op::AckedBelow("a".into(), 3)]];
+        commit(&db, &trim, Durability::Immediate).unwrap();
+        assert_eq!(keys(&db, QUEUE).len(), 3);
     }
 
     #[test]
