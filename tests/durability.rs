@@ -1155,7 +1155,14 @@ async fn queued_copy_kept_until_the_client_acknowledges() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.kill9();
     b.start().await;
-    let (mut s, present) = raw_connect_v4(b.addr(), "resumer", false).await;
+    let after = resume_and_collect(&b, "resumer").await;
+    assert_eq!(after, vec!["unacked".to_string()], "after the restart");
+}
+
+/// Reconnects a persistent session after a restart (session present) and returns the payloads
+/// it is sent until the stream goes quiet, acknowledging each.
+async fn resume_and_collect(b: &Broker, id: &str) -> Vec<String> {
+    let (mut s, present) = raw_connect_v4(b.addr(), id, false).await;
     assert!(present, "session present after the restart");
     let mut after = vec![];
     while let Some((first, body)) = s.read(Duration::from_millis(1500)).await {
@@ -1163,7 +1170,7 @@ async fn queued_copy_kept_until_the_client_acknowledges() {
         s.send(&raw::packet(0x40, &pkid.to_be_bytes())).await;
         after.push(text(&payload));
     }
-    assert_eq!(after, vec!["unacked".to_string()], "after the restart");
+    after
 }
 
 /// A message in flight to a connected persistent session (delivered, not yet acknowledged)
@@ -1268,14 +1275,7 @@ async fn a_lagging_subscriber_keeps_only_what_it_has_not_acknowledged() {
     );
 
     b.start().await;
-    let (mut s, present) = raw_connect_v4(b.addr(), "lagger", false).await;
-    assert!(present, "session present after the restart");
-    let mut after = vec![];
-    while let Some((first, body)) = s.read(Duration::from_millis(1500)).await {
-        let (_, pkid, payload) = parse_publish_v4(first, &body);
-        s.send(&raw::packet(0x40, &pkid.to_be_bytes())).await;
-        after.push(text(&payload));
-    }
+    let after = resume_and_collect(&b, "lagger").await;
     let want: Vec<String> = unacked.into_iter().map(|(_, p)| p).collect();
     assert_eq!(after, want, "exactly the unacknowledged messages, in order");
 }
