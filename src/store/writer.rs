@@ -284,8 +284,11 @@ pub fn run(
             (group, visible, generation, s.closed, submitted)
         };
         if closed && !submitted {
-            if dirty && commit(&db, &deferred.groups, Durability::Immediate).is_ok() {
-                reset(&mut wal);
+            if dirty
+                && commit(&db, &deferred.groups, Durability::Immediate).is_ok()
+                && let Some(log) = wal.as_mut()
+            {
+                reset(log);
             }
             return;
         }
@@ -340,9 +343,7 @@ pub fn run(
                 Ok(()) if durable => {
                     deferred.clear(&mut spare);
                     stats.fsyncs.fetch_add(1, Relaxed);
-                    if let Err(e) = log.reset() {
-                        tracing::warn!(error = %e, path = %log.path().display(), "cannot empty the write-ahead log");
-                    }
+                    reset(log);
                     last_sync = Instant::now();
                     dirty = false;
                     nondurable = 0;
@@ -375,11 +376,9 @@ pub fn run(
 
 /// Empties the log after a durable commit. A failure only leaves groups that redb already holds
 /// (replaying them changes nothing), so it is logged, not fatal.
-fn reset(wal: &mut Option<Wal>) {
-    if let Some(w) = wal.as_mut()
-        && let Err(e) = w.reset()
-    {
-        tracing::warn!(error = %e, path = %w.path().display(), "cannot empty the write-ahead log");
+fn reset(log: &mut Wal) {
+    if let Err(e) = log.reset() {
+        tracing::warn!(error = %e, path = %log.path().display(), "cannot empty the write-ahead log");
     }
 }
 
